@@ -1,0 +1,102 @@
+"""Command line: run | check-config | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from dbwatch import __version__
+from dbwatch.config import Config, ConfigError, load, parse_listen
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dbwatch",
+        description="Sidecar monitor for async Python web apps on PostgreSQL.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.",
+    )
+    p.add_argument("--version", action="version", version=f"dbwatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the daemon", description="Run the daemon: probes, /metrics, /healthz, /readyz."
+    )
+    run.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+
+    chk = sub.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file and print the effective config with secrets redacted.",
+    )
+    chk.add_argument("config", metavar="FILE", help="YAML config file")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run against a throwaway local PostgreSQL",
+        description="Start a throwaway PostgreSQL cluster, run dbwatch against it and print live figures. "
+        "Ctrl-C or SIGTERM stops it and removes the cluster.",
+    )
+    demo.add_argument(
+        "--listen", metavar="HOST:PORT", default="127.0.0.1:9839", help="where to serve (default %(default)s)"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=0, metavar="SECONDS", help="stop after this long (0: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--interval", type=float, default=5.0, metavar="SECONDS", help="probe interval (default %(default)s)"
+    )
+    return p
+
+
+def _load(path: str, listen: str | None = None) -> Config:
+    config = load(path)
+    if listen:
+        from dataclasses import replace
+
+        config = replace(config, listen=parse_listen(listen, "--listen"))
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dbwatch` console script."""
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_CONFIG
+    from dbwatch import logsetup
+
+    try:
+        if args.command == "check-config":
+            config = _load(args.config)
+            sys.stdout.write(yaml.safe_dump(config.redacted(), sort_keys=False))
+            sys.stdout.write("config ok\n")
+            return EXIT_OK
+        if args.command == "run":
+            config = _load(args.config, args.listen)
+            logsetup.configure(config.log.level, config.log.format, config.secrets())
+            from dbwatch.daemon import serve
+
+            asyncio.run(serve(config))
+            return EXIT_OK
+        if args.command == "demo":
+            from dbwatch.demo import run_demo
+
+            return run_demo(parse_listen(args.listen, "--listen"), args.duration, args.interval)
+    except ConfigError as exc:
+        sys.stderr.write(f"dbwatch: config error: {exc}\n")
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        sys.stderr.write(f"dbwatch: {type(exc).__name__}: {exc.strerror or exc}\n")
+        return EXIT_FAIL
+    return EXIT_CONFIG

@@ -1,0 +1,339 @@
+"""The one config schema: frozen dataclasses, YAML loading, validation that names the key path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import yaml
+
+from dbwatch.secret import DSN, DSNError
+
+__all__ = ["DEFAULT_LISTEN", "Config", "ConfigError", "LogConfig", "Target", "load", "parse_duration"]
+
+DEFAULT_PORT: Final = 9839
+DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)  # noqa: S104 - a sidecar is scraped from outside its pod
+TARGET_KINDS: Final = ("postgres",)
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "console")
+SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the key path and never contains a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How dbwatch writes its own logs."""
+
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One monitored database, named by the user; the name is its `target` label."""
+
+    name: str
+    dsn: DSN
+    kind: str = "postgres"
+    interval: float = 15.0
+    timeout: float = 5.0
+    critical: bool = True
+    stale_after: float = 35.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    listen: tuple[str, int] = DEFAULT_LISTEN
+    log: LogConfig = field(default_factory=LogConfig)
+    targets: tuple[Target, ...] = ()
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret value in the config, for scrubbing output."""
+        return frozenset(t.dsn.password.reveal() for t in self.targets if t.dsn.password)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked, for `check-config`."""
+        return {
+            "listen": f"{self.listen[0]}:{self.listen[1]}",
+            "log": {"level": self.log.level, "format": self.log.format},
+            "targets": [
+                {
+                    "name": t.name,
+                    "kind": t.kind,
+                    "dsn": str(t.dsn),
+                    "interval": t.interval,
+                    "timeout": t.timeout,
+                    "critical": t.critical,
+                    "stale_after": t.stale_after,
+                }
+                for t in self.targets
+            ],
+        }
+
+
+T = TypeVar("T")
+
+
+class _Node:
+    """A mapping from the YAML file plus its key path; takes keys off and rejects what is left."""
+
+    def __init__(self, raw: object, path: str) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path or 'config'}: expected a mapping, got {_typename(raw)}")
+        self.raw: dict[str, Any] = dict(raw)
+        self.path = path
+        for key in self.raw:
+            if not isinstance(key, str):
+                raise ConfigError(f"{self._key(str(key))}: keys must be strings")
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def take(self, key: str, conv: Callable[[Any, str], T], default: T) -> T:
+        if key not in self.raw or self.raw[key] is None:
+            self.raw.pop(key, None)
+            return default
+        return conv(self.raw.pop(key), self._key(key))
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def only(self, *keys: str) -> _Node:
+        """Reject unknown keys before any value is looked at, so the first error names the stray key."""
+        unknown = sorted(set(self.raw) - set(keys))
+        if unknown:
+            raise ConfigError(f"{self._key(unknown[0])}: unknown key (expected one of {', '.join(keys)})")
+        return self
+
+    def done(self) -> None:
+        if self.raw:
+            key = sorted(self.raw)[0]
+            raise ConfigError(f"{self._key(key)}: unknown key")
+
+
+def _typename(value: object) -> str:
+    return {
+        dict: "mapping",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), type(value).__name__)
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {_typename(value)}")
+    return _expand(value, path)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {_typename(value)}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def conv(value: Any, path: str) -> str:
+        s = _str(value, path)
+        if s not in choices:
+            raise ConfigError(f"{path}: must be one of {', '.join(choices)}")
+        return s
+
+    return conv
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like `5s`, `500ms`, `2m`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")  # noqa: TRY004 - callers catch ValueError for every bad duration
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("expected a duration")
+
+
+def _duration(value: Any, path: str) -> float:
+    if isinstance(value, str):
+        value = _expand(value, path)
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ConfigError(
+            f"{path}: expected a duration in seconds or like 10s / 500ms, got {_typename(value)}"
+        ) from None
+    if seconds <= 0:
+        raise ConfigError(f"{path}: must be > 0")
+    return seconds
+
+
+def _listen(value: Any, path: str) -> tuple[str, int]:
+    return parse_listen(_str(value, path), path)
+
+
+def parse_listen(text: str, path: str = "listen") -> tuple[str, int]:
+    """`host:port`, `[::1]:port` or `:port` into (host, port)."""
+    m = re.match(r"^(?:\[([^\]]+)\]|([^:\[\]]*)):(\d{1,5})$", text.strip())
+    if not m:
+        raise ConfigError(f"{path}: expected host:port, e.g. 127.0.0.1:{DEFAULT_PORT}")
+    host = m.group(1) or m.group(2) or "0.0.0.0"  # noqa: S104 - ":port" means all interfaces, as in Go exporters
+    port = int(m.group(3))
+    if not 0 <= port < 65536:
+        raise ConfigError(f"{path}: port out of range")
+    return host, port
+
+
+def _expand(text: str, path: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return value
+
+    return _ENV_RE.sub(sub, text)
+
+
+def _dsn(node: _Node) -> DSN:
+    sources = [k for k in ("dsn", "dsn_env", "dsn_file") if node.has(k)]
+    if len(sources) != 1:
+        raise ConfigError(f"{node.path}: give exactly one of dsn, dsn_env, dsn_file")
+    key = sources[0]
+    path = node._key(key)
+    raw = node.take(key, _str, "")
+    if key == "dsn_env":
+        text = os.environ.get(raw)
+        if text is None:
+            raise ConfigError(f"{path}: environment variable {raw} is not set")
+    elif key == "dsn_file":
+        try:
+            text = Path(raw).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"{path}: cannot read {raw}: {reason}") from None
+    else:
+        text = raw
+    try:
+        return DSN.parse(text)
+    except DSNError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+_TARGET_KEYS: Final = (
+    "name",
+    "kind",
+    "dsn",
+    "dsn_env",
+    "dsn_file",
+    "interval",
+    "timeout",
+    "critical",
+    "stale_after",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+)
+
+
+def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
+    node = _Node(raw, path).only(*_TARGET_KEYS)
+    if not node.has("name"):
+        raise ConfigError(f"{path}.name: missing (every target is named by you; the name is its label)")
+    name = node.take("name", _str, "")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{path}.name: use 1-63 letters, digits, '_', '.', ':' or '-'")
+    kind = node.take("kind", _choice(TARGET_KINDS), "postgres")
+    dsn = _dsn(node)
+    interval = node.take("interval", _duration, defaults[0])
+    timeout = node.take("timeout", _duration, defaults[1])
+    if timeout > interval:
+        raise ConfigError(f"{path}.timeout: must not exceed interval ({interval:g}s)")
+    critical = node.take("critical", _bool, True)
+    stale_after = node.take("stale_after", _duration, 2 * interval + timeout)
+    tls = {
+        "sslmode": node.take("sslmode", _choice(SSLMODES), ""),
+        "sslrootcert": node.take("sslrootcert", _str, ""),
+        "sslcert": node.take("sslcert", _str, ""),
+        "sslkey": node.take("sslkey", _str, ""),
+    }
+    for key in ("sslrootcert", "sslcert", "sslkey"):
+        if tls[key] and not os.access(tls[key], os.R_OK):
+            raise ConfigError(f"{path}.{key}: cannot read {tls[key]}")
+    node.done()
+    return Target(
+        name=name,
+        dsn=dsn.with_params(**tls),
+        kind=kind,
+        interval=interval,
+        timeout=timeout,
+        critical=critical,
+        stale_after=stale_after,
+    )
+
+
+def from_mapping(raw: object) -> Config:
+    """Validate already-parsed YAML into a Config."""
+    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets")
+    listen = node.take("listen", _listen, DEFAULT_LISTEN)
+    log_node = _Node(node.take("log", lambda v, p: v, {}), "log").only("level", "format")
+    log = LogConfig(
+        level=log_node.take("level", _choice(LOG_LEVELS), "info"),
+        format=log_node.take("format", _choice(LOG_FORMATS), "json"),
+    )
+    log_node.done()
+    dnode = _Node(node.take("defaults", lambda v, p: v, {}), "defaults").only("interval", "timeout")
+    defaults = (dnode.take("interval", _duration, 15.0), dnode.take("timeout", _duration, 5.0))
+    dnode.done()
+    raw_targets: object = node.take("targets", lambda v, p: v, [])
+    if not isinstance(raw_targets, list):
+        raise ConfigError(f"targets: expected a list, got {_typename(raw_targets)}")
+    targets: list[Target] = []
+    seen: dict[str, int] = {}
+    for i, raw_t in enumerate(raw_targets):
+        t = _target(raw_t, f"targets[{i}]", defaults)
+        if t.name in seen:
+            raise ConfigError(f"targets[{i}].name: duplicate name {t.name!r} (also targets[{seen[t.name]}])")
+        seen[t.name] = i
+        targets.append(t)
+    node.done()
+    return Config(listen=listen, log=log, targets=tuple(targets))
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError with the key path."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config is not UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        # Never echo the offending line: it may hold a password.
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: YAML syntax error") from None
+    return from_mapping(raw)

@@ -1,0 +1,83 @@
+"""The closed set of probe failure reasons and the one function that maps an exception to one."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from enum import StrEnum
+
+import asyncpg
+
+__all__ = ["Reason", "classify"]
+
+
+class Reason(StrEnum):
+    """Why a probe or a collection failed. Closed: anything unknown is OTHER."""
+
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    DNS = "dns"
+    SSL = "ssl"
+    AUTH_FAILED = "auth_failed"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    DATABASE_MISSING = "database_missing"
+    STARTING_UP = "starting_up"
+    SHUTTING_DOWN = "shutting_down"
+    OTHER = "other"
+
+
+_REFUSED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def classify(exc: BaseException) -> Reason:
+    """Map an exception raised while probing or collecting to a Reason."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        reason = _classify_one(cur)
+        if reason is not Reason.OTHER:
+            return reason
+        cur = cur.__cause__ or cur.__context__
+    return Reason.OTHER
+
+
+def _classify_one(exc: BaseException) -> Reason:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return Reason.TIMEOUT
+    if isinstance(exc, socket.gaierror):
+        return Reason.DNS
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return Reason.SSL
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return Reason.AUTH_FAILED
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return Reason.DATABASE_MISSING
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return Reason.TOO_MANY_CONNECTIONS
+    if isinstance(exc, asyncpg.CannotConnectNowError):
+        msg = str(exc).lower()
+        return Reason.SHUTTING_DOWN if "shutting down" in msg else Reason.STARTING_UP
+    if isinstance(exc, asyncpg.AdminShutdownError):
+        return Reason.SHUTTING_DOWN
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.REFUSED
+    if isinstance(exc, OSError):
+        if exc.errno in _REFUSED_ERRNOS:
+            return Reason.REFUSED
+        msg = str(exc)
+        if "Multiple exceptions" in msg and "Connect call failed" in msg:
+            return Reason.REFUSED
+        if "SSL" in msg or "ssl" in msg:
+            return Reason.SSL
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", "") or ""
+        if sqlstate.startswith("28"):
+            return Reason.AUTH_FAILED
+        if sqlstate == "53300":
+            return Reason.TOO_MANY_CONNECTIONS
+    if isinstance(exc, ConnectionError) and "SSL" in str(exc):
+        return Reason.SSL
+    return Reason.OTHER

@@ -1,0 +1,76 @@
+"""Probe kinds (one module each) and the job that runs any of them and records the shared metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from dbwatch import metrics as m
+from dbwatch.config import Target
+from dbwatch.errors import Reason, classify
+from dbwatch.probes.postgres import PHASES as PG_PHASES
+from dbwatch.probes.postgres import probe_postgres
+from dbwatch.store import Store, TargetStatus
+
+__all__ = ["KINDS", "Probe", "ProbeJob"]
+
+
+class Probe(Protocol):
+    """Probe one target once within `timeout`; return seconds per phase, or raise."""
+
+    async def __call__(self, target: Target, timeout: float) -> Mapping[str, float]: ...
+
+
+# kind -> (probe function, phases it reports)
+KINDS: dict[str, tuple[Probe, tuple[str, ...]]] = {
+    "postgres": (probe_postgres, PG_PHASES),
+}
+
+
+class ProbeJob:
+    """Scheduled job that runs a target's probe and records up, phases, failures, last success."""
+
+    job = "probe"
+
+    def __init__(self, target: Target, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._t = target
+        self._store = store
+        self._clock = clock
+        self._probe, phases = KINDS[target.kind]
+        self.target = target.name
+        self.interval = target.interval
+        self.timeout = target.timeout
+        store.status[target.name] = TargetStatus(critical=target.critical, stale_after=target.stale_after)
+        source = ("probe", target.name)
+        store.set(source, m.PROBE_UP, (target.name,), 0.0)
+        store.set(("info", target.name), m.TARGET_INFO, (target.name, target.kind, str(target.critical).lower()), 1)
+        for reason in Reason:
+            store.inc(m.PROBE_FAILURES, (target.name, reason.value), 0)
+        for phase in phases:
+            store.touch_histogram(m.PROBE_DURATION, (target.name, phase))
+
+    async def run(self) -> None:
+        """Probe once; record the outcome, then re-raise a failure for the scheduler."""
+        status = self._store.status[self.target]
+        source = ("probe", self.target)
+        try:
+            async with asyncio.timeout(self.timeout):
+                phases = await self._probe(self._t, self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            reason = classify(exc)
+            self._store.inc(m.PROBE_FAILURES, (self.target, reason.value))
+            self._store.set(source, m.PROBE_UP, (self.target,), 0.0)
+            status.up = False
+            status.last_reason = reason.value
+            raise
+        for phase, seconds in phases.items():
+            self._store.observe(m.PROBE_DURATION, (self.target, phase), seconds)
+        self._store.set(source, m.PROBE_UP, (self.target,), 1.0)
+        self._store.set(source, m.PROBE_LAST_SUCCESS, (self.target,), self._clock())
+        status.up = True
+        status.last_reason = None
+        status.last_success = time.monotonic()

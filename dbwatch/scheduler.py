@@ -1,0 +1,119 @@
+"""One task per (job, target): fixed-rate interval, startup jitter, no overlap, hard timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from dbwatch import metrics as m
+from dbwatch.errors import Reason, classify
+from dbwatch.store import Store
+
+__all__ = ["Job", "Scheduler"]
+
+log = structlog.get_logger("dbwatch.scheduler")
+
+# A job that ignores its own timeout is cancelled this long after it.
+HARD_TIMEOUT_GRACE = 1.0
+
+
+class Job(Protocol):
+    """A unit of scheduled work. `run()` raises on failure; the scheduler classifies and records it."""
+
+    @property
+    def job(self) -> str: ...  # the `job` label: probe, pg_activity, …
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    async def run(self) -> None: ...
+
+
+class Scheduler:
+    """Owns the job tasks; started and stopped by the server's cleanup context."""
+
+    def __init__(self, store: Store, jobs: Sequence[Job], *, jitter: float = 1.0) -> None:
+        self._store = store
+        self._jobs = list(jobs)
+        self._jitter = jitter
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_run: dict[tuple[str, str], asyncio.Event] = {}
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)
+
+    def start(self) -> None:
+        """Create one task per job; each task is owned here and cancelled in `stop()`."""
+        for job in self._jobs:
+            key = (job.job, job.target)
+            self._first_run[key] = asyncio.Event()
+            for result in ("ok", "error", "timeout"):
+                self._store.inc(m.JOB_RUNS, (*key, result), 0)
+            self._store.inc(m.JOB_SKIPPED, key, 0)
+            self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.job}:{job.target}"))
+
+    async def stop(self) -> None:
+        """Cancel every job task (in-flight work included) and wait for them."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def dead(self) -> list[str]:
+        """Names of job tasks that are no longer running; empty when healthy."""
+        return [t.get_name() for t in self._tasks if t.done()]
+
+    async def wait_first_runs(self) -> None:
+        """Wait until every job has finished one run (used by the demo and tests)."""
+        await asyncio.gather(*(e.wait() for e in self._first_run.values()))
+
+    async def _loop(self, job: Job) -> None:
+        key = (job.job, job.target)
+        await asyncio.sleep(random.uniform(0, min(self._jitter, job.interval / 2)))
+        next_at = time.monotonic()
+        failing: Reason | None = None
+        while True:
+            started = time.monotonic()
+            result = "ok"
+            reason: Reason | None = None
+            try:
+                async with asyncio.timeout(job.timeout + HARD_TIMEOUT_GRACE):
+                    await job.run()
+            except TimeoutError:
+                result, reason = "timeout", Reason.TIMEOUT
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every job failure is classified, counted and logged
+                result, reason = "error", classify(exc)
+                if reason is Reason.OTHER and failing is None:
+                    log.warning("job_error_unclassified", job=job.job, target=job.target, error=type(exc).__name__)
+            elapsed = time.monotonic() - started
+            self._store.set(("scheduler", job.target), m.JOB_DURATION, key, elapsed)
+            self._store.set(("scheduler", job.target), m.JOB_SUCCESS, key, 1.0 if reason is None else 0.0)
+            self._store.inc(m.JOB_RUNS, (*key, result))
+            if reason != failing:
+                if reason is None:
+                    log.info("job_recovered", job=job.job, target=job.target, previous_reason=str(failing))
+                else:
+                    log.warning("job_failed", job=job.job, target=job.target, reason=str(reason))
+                failing = reason
+            self._first_run[key].set()
+            next_at += job.interval
+            now = time.monotonic()
+            if now > next_at:  # overran: skip the missed ticks rather than run back to back
+                missed = int((now - next_at) // job.interval) + 1
+                self._store.inc(m.JOB_SKIPPED, key, missed)
+                next_at += missed * job.interval
+            await asyncio.sleep(next_at - now)

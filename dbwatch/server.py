@@ -1,0 +1,109 @@
+"""The HTTP side: /metrics from the store, /healthz (liveness), /readyz (readiness); owns the scheduler."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from dbwatch import __version__
+from dbwatch import metrics as m
+from dbwatch.config import Config
+from dbwatch.probes import ProbeJob
+from dbwatch.scheduler import Job, Scheduler
+from dbwatch.store import Store, StoreCollector
+
+__all__ = ["SCHEDULER", "STORE", "build_app", "build_jobs", "build_registry"]
+
+STORE = web.AppKey("store", Store)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+def build_registry(store: Store) -> CollectorRegistry:
+    """A private registry: the store's families plus process and platform metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(store))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    store.set(("self", ""), m.BUILD_INFO, (__version__, platform.python_version()), 1.0)
+    return registry
+
+
+def build_jobs(config: Config, store: Store) -> list[Job]:
+    """Every scheduled job the config asks for."""
+    return [ProbeJob(t, store) for t in config.targets]
+
+
+def build_app(config: Config, store: Store | None = None, jitter: float = 1.0) -> web.Application:
+    """The aiohttp app; its cleanup context starts the scheduler and stops it on shutdown."""
+    store = store or Store()
+    scheduler = Scheduler(store, build_jobs(config, store), jitter=jitter)
+    app = web.Application()
+    app[STORE] = store
+    app[SCHEDULER] = scheduler
+    app[REGISTRY] = build_registry(store)
+
+    async def run_scheduler(app: web.Application) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        await scheduler.stop()
+
+    app.cleanup_ctx.append(run_scheduler)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/", _index)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[REGISTRY])
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+def _json(status: int, payload: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(payload, sort_keys=True), content_type="application/json")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    dead = request.app[SCHEDULER].dead()
+    if dead:
+        return _json(503, {"status": "fail", "dead_tasks": dead})
+    return _json(200, {"status": "ok", "tasks": len(request.app[SCHEDULER].jobs)})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    now = time.monotonic()
+    targets: dict[str, Any] = {}
+    ready = True
+    for name, st in request.app[STORE].status.items():
+        age = None if st.last_success is None else round(now - st.last_success, 3)
+        fresh = age is not None and age <= st.stale_after
+        if st.critical and not fresh:
+            ready = False
+        targets[name] = {
+            "critical": st.critical,
+            "up": st.up,
+            "fresh": fresh,
+            "last_success_age_seconds": age,
+            "reason": st.last_reason if not st.up else None,
+        }
+    return _json(200 if ready else 503, {"status": "ready" if ready else "not_ready", "targets": targets})
+
+
+async def _index(request: web.Request) -> web.Response:
+    links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in ("/metrics", "/healthz", "/readyz"))
+    return web.Response(
+        text=f"<html><body><h1>dbwatch {__version__}</h1><ul>{links}</ul></body></html>",
+        content_type="text/html",
+    )

@@ -1,0 +1,116 @@
+"""Shared test helpers: the sentinel password, polling, the daemon harness, CLI runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from dbwatch.config import Config, from_mapping
+from dbwatch.daemon import serve
+from dbwatch.store import Store
+
+# A password that must never show up in any output of the suite (checked in conftest.py).
+SENTINEL = "Xq7#sentinel%PW-zebra"
+SENTINEL_FORMS = (SENTINEL, urllib.parse.quote(SENTINEL, safe=""), urllib.parse.quote_plus(SENTINEL))
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def eventually(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll cond (sync or async) until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = cond()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    """A running in-process dbwatch on 127.0.0.1 with a real HTTP socket."""
+
+    config: Config
+    store: Store
+    port: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    session: aiohttp.ClientSession | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, str]:
+        assert self.session is not None
+        async with self.session.get(self.base + path, **kw) as r:
+            return r.status, await r.text()
+
+    async def metrics(self) -> str:
+        status, body = await self.get("/metrics")
+        assert status == 200
+        return body
+
+
+@contextlib.asynccontextmanager
+async def running(raw_config: dict[str, Any]) -> AsyncIterator[Daemon]:
+    """Start dbwatch on 127.0.0.1:0 from a config mapping; stop it on exit."""
+    raw = {"listen": "127.0.0.1:0", **raw_config}
+    config = from_mapping(raw)
+    d = Daemon(config=config, store=Store())
+    started = asyncio.Event()
+
+    async def on_started(host: str, port: int) -> None:
+        d.port = port
+        started.set()
+
+    task = asyncio.create_task(serve(config, store=d.store, stop=d.stop, on_started=on_started))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        async with aiohttp.ClientSession() as s:
+            d.session = s
+            yield d
+    finally:
+        d.stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """Value of one sample in an exposition text, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items())):
+                return float(s.value)
+    return None
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m dbwatch ARGS` and echo its output into the test's captured output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbwatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        check=False,
+    )
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc

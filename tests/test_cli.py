@@ -1,0 +1,123 @@
+"""The command line: --help everywhere, --version, `run` served over a socket and stopped by SIGTERM, `demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dbwatch import __version__
+from dbwatch.pgcluster import free_port
+from tests.helpers import REPO, SENTINEL_FORMS, run_cli
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"dbwatch {__version__}"
+
+
+@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["demo"]])
+def test_every_command_has_help(sub: list[str]) -> None:
+    proc = run_cli(*sub, "--help")
+    assert proc.returncode == 0
+    assert "usage: dbwatch" in proc.stdout
+
+
+def test_no_command_is_usage_error() -> None:
+    assert run_cli().returncode == 2
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback URL built by the test
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_run_serves_and_stops_gracefully_on_sigterm(pg, tmp_path: Path) -> None:
+    """`dbwatch run` logs JSON events, serves /metrics, and exits 0 on SIGTERM with a server_stopped event."""
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    dsn = pg.dsn.replace("'", "''")
+    cfg.write_text(f"targets:\n  - name: main\n    dsn: '{dsn}'\n    interval: 1\n    timeout: 1\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbwatch", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        status, body = 0, ""
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/readyz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert status == 200, body
+        status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        assert 'dbwatch_probe_up{target="main"} 1.0' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+    assert proc.returncode == 0
+    events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert events[0] == "server_started"
+    assert events[-1] == "server_stopped"
+    assert not any(f in out + err for f in SENTINEL_FORMS)
+
+
+def test_demo_runs_and_cleans_up() -> None:
+    """`dbwatch demo --duration` starts a cluster, reports live figures, and leaves no data dir or server."""
+    before = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
+    proc = run_cli("demo", "--duration", "4", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}", timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "/metrics" in proc.stdout
+    assert "demo             up=1" in proc.stdout
+    assert "database_missing=" in proc.stdout
+    after = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
+    assert after <= before
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    leftover = [p for p in after - before if p in ps]
+    assert not leftover
+
+
+def test_demo_cleans_up_on_sigterm() -> None:
+    """SIGTERM while the demo runs: exit 0, cluster and temp dir gone."""
+    before = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbwatch", "demo", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "up=1" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    sys.stdout.write("".join(lines) + out)
+    sys.stderr.write(err)
+    assert proc.returncode == 0
+    assert "cluster removed" in out
+    assert {p.name for p in Path("/tmp").glob("dbwatch-pg-*")} <= before

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dbwatch import logsetup
@@ -70,7 +74,11 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
             config = load(cfg_path)
             logsetup.configure("warning", "console", config.secrets(), stream=sys.stderr)
             _say(f"  PostgreSQL {cluster.bindir.parts[-2]} on 127.0.0.1:{cluster.port}, data in {cluster.base}")
-            asyncio.run(_run(config, duration))
+            log_dir = Path(cluster.base) / "applogs"
+            log_dir.mkdir()
+            app_dsn = f"postgresql+asyncpg://app:{password}@127.0.0.1:{cluster.port}/app"
+            with _workload(app_dsn, log_dir):
+                asyncio.run(_run(config, duration))
     except ClusterError as exc:
         sys.stderr.write(f"dbwatch demo: {exc}\n")
         return 1
@@ -80,6 +88,32 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _say("dbwatch demo: stopped; cluster removed.")
     return 0
+
+
+@contextlib.contextmanager
+def _workload(dsn: str, log_dir: Path) -> Iterator[None]:
+    """Run the demo app (dbwatch.demo_workload) as its own process, as a real app runs beside the sidecar."""
+    if importlib.util.find_spec("sqlalchemy") is None or importlib.util.find_spec("greenlet") is None:
+        _say("  demo app skipped: it needs SQLAlchemy (pip install 'dbwatch[demo]')")
+        yield
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbwatch.demo_workload", "--log-dir", str(log_dir)],
+        env={**os.environ, "DEMO_DATABASE_URL": dsn},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _say(f"  demo app (async SQLAlchemy, bugs now and then) logging to {log_dir}")
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 async def _run(config: Config, duration: float) -> None:

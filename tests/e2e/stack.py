@@ -1,0 +1,119 @@
+"""Real Prometheus and Alertmanager (Debian packages) on loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbwatch.pgcluster import free_port
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL built here
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Service:
+    """A child process with a temp dir, stopped and removed on close."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"dbwatch-{name}-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "out.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _start(self, argv: list[str], ready_path: str) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
+        _wait_http(self.url + ready_path)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Prometheus(Service):
+    """Prometheus scraping the given targets every second, evaluating rules every second."""
+
+    def __init__(
+        self, scrape_targets: list[str], rule_files: list[Path] | None = None, alertmanager: str | None = None
+    ) -> None:
+        super().__init__("prometheus")
+        cfg: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": [{"job_name": "dbwatch", "static_configs": [{"targets": scrape_targets}]}],
+            "rule_files": [str(p) for p in rule_files or []],
+        }
+        if alertmanager:
+            cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self._start(
+            [
+                "prometheus",
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--rules.alert.resend-delay=1s",
+                "--log.level=warn",
+            ],
+            "/-/ready",
+        )
+
+    def query(self, expr: str) -> dict[str, Any]:
+        """Instant query through the HTTP API; returns the decoded JSON (status and data)."""
+        url = self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as e:
+            return dict(json.loads(e.read()))
+
+    def targets_up(self) -> bool:
+        res = self.query('up{job="dbwatch"}')
+        return any(s["value"][1] == "1" for s in res.get("data", {}).get("result", []))
+
+
+class Alertmanager(Service):
+    """Alertmanager with the given config mapping."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__("alertmanager")
+        (self.dir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        self._start(
+            [
+                "prometheus-alertmanager",
+                f"--config.file={self.dir / 'alertmanager.yml'}",
+                f"--storage.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            "/-/ready",
+        )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +13,24 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
-from dbwatch.secret import DSN, DSNError
+from dbwatch.secret import DSN, REDACTED, DSNError, Secret
 
-__all__ = ["DEFAULT_LISTEN", "Config", "ConfigError", "LogConfig", "Target", "load", "parse_duration"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "LoginCheck",
+    "Target",
+    "load",
+    "parse_duration",
+]
 
 DEFAULT_PORT: Final = 9839
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)  # noqa: S104 - a sidecar is scraped from outside its pod
-TARGET_KINDS: Final = ("postgres",)
+TARGET_KINDS: Final = ("postgres", "http_login")
+HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH")
+BODY_ENCODINGS: Final = ("json", "form")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -40,6 +53,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginCheck:
+    """What an `http_login` target sends and expects; secret values are `Secret`s, revealed only at send."""
+
+    url: str
+    method: str = "POST"
+    headers: tuple[tuple[str, str], ...] = ()
+    body_json: str | None = None  # the static part of the body, canonical JSON of a mapping
+    body_encoding: str = "json"
+    secret_fields: tuple[tuple[str, Secret], ...] = ()  # merged into the body at send time
+    secret_headers: tuple[tuple[str, Secret], ...] = ()
+    expect_status: tuple[int, ...] = (200,)
+    expect_json_path: tuple[str, ...] = ()  # e.g. ("access_token",) or ("data", "token")
+    expect_json_equals: str | None = None  # canonical JSON of the expected value, when one is given
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+    follow_redirects: bool = False
+
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every secret value this check sends."""
+        return tuple(s for _, s in (*self.secret_fields, *self.secret_headers))
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One monitored database, named by the user; the name is its `target` label."""
 
@@ -50,6 +86,7 @@ class Target:
     timeout: float = 5.0
     critical: bool = True
     stale_after: float = 35.0
+    login: LoginCheck | None = None  # set for kind http_login (whose dsn is empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +99,9 @@ class Config:
 
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
-        return frozenset(t.dsn.password.reveal() for t in self.targets if t.dsn.password)
+        found = {t.dsn.password.reveal() for t in self.targets if t.dsn.password}
+        found.update(s.reveal() for t in self.targets if t.login for s in t.login.secrets() if s)
+        return frozenset(found)
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data, secrets masked, for `check-config`."""
@@ -73,7 +112,7 @@ class Config:
                 {
                     "name": t.name,
                     "kind": t.kind,
-                    "dsn": str(t.dsn),
+                    **({"dsn": str(t.dsn)} if t.login is None else _redacted_login(t.login)),
                     "interval": t.interval,
                     "timeout": t.timeout,
                     "critical": t.critical,
@@ -82,6 +121,22 @@ class Config:
                 for t in self.targets
             ],
         }
+
+
+def _redacted_login(c: LoginCheck) -> dict[str, Any]:
+    out: dict[str, Any] = {"url": c.url, "method": c.method, "expect_status": list(c.expect_status)}
+    if c.headers or c.secret_headers:
+        out["headers"] = {**dict(c.headers), **{k: REDACTED for k, _ in c.secret_headers}}
+    if c.body_json is not None or c.secret_fields:
+        out["body"] = {**json.loads(c.body_json or "{}"), **{k: REDACTED for k, _ in c.secret_fields}}
+        out["body_encoding"] = c.body_encoding
+    if c.expect_json_path:
+        out["expect_json"] = {"path": ".".join(c.expect_json_path)}
+        if c.expect_json_equals is not None:
+            out["expect_json"]["equals"] = json.loads(c.expect_json_equals)
+    if c.tls_ca_file or c.tls_insecure_skip_verify:
+        out["tls"] = {"ca_file": c.tls_ca_file, "insecure_skip_verify": c.tls_insecure_skip_verify}
+    return out
 
 
 T = TypeVar("T")
@@ -253,23 +308,36 @@ _TARGET_KEYS: Final = (
     "sslcert",
     "sslkey",
 )
+# Keys of an http_login target (instead of the DSN and libpq TLS keys).
+_LOGIN_KEYS: Final = (
+    "url",
+    "method",
+    "headers",
+    "body",
+    "body_encoding",
+    "secret_fields",
+    "secret_headers",
+    "expect_status",
+    "expect_json",
+    "tls",
+    "follow_redirects",
+)
+_COMMON_KEYS: Final = ("name", "kind", "interval", "timeout", "critical", "stale_after")
 
 
 def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
-    node = _Node(raw, path).only(*_TARGET_KEYS)
+    node = _Node(raw, path).only(*_TARGET_KEYS, *_LOGIN_KEYS)
     if not node.has("name"):
         raise ConfigError(f"{path}.name: missing (every target is named by you; the name is its label)")
     name = node.take("name", _str, "")
     if not _NAME_RE.match(name):
         raise ConfigError(f"{path}.name: use 1-63 letters, digits, '_', '.', ':' or '-'")
     kind = node.take("kind", _choice(TARGET_KINDS), "postgres")
+    if kind == "http_login":
+        return _login_target(node.only(*_COMMON_KEYS, *_LOGIN_KEYS), name, defaults)
+    node.only(*_TARGET_KEYS)
     dsn = _dsn(node)
-    interval = node.take("interval", _duration, defaults[0])
-    timeout = node.take("timeout", _duration, defaults[1])
-    if timeout > interval:
-        raise ConfigError(f"{path}.timeout: must not exceed interval ({interval:g}s)")
-    critical = node.take("critical", _bool, True)
-    stale_after = node.take("stale_after", _duration, 2 * interval + timeout)
+    interval, timeout, critical, stale_after = _common(node, defaults)
     tls = {
         "sslmode": node.take("sslmode", _choice(SSLMODES), ""),
         "sslrootcert": node.take("sslrootcert", _str, ""),
@@ -288,6 +356,155 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         timeout=timeout,
         critical=critical,
         stale_after=stale_after,
+    )
+
+
+def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float]:
+    interval = node.take("interval", _duration, defaults[0])
+    timeout = node.take("timeout", _duration, defaults[1])
+    if timeout > interval:
+        raise ConfigError(f"{node.path}.timeout: must not exceed interval ({interval:g}s)")
+    critical = node.take("critical", _bool, True)
+    stale_after = node.take("stale_after", _duration, 2 * interval + timeout)
+    return interval, timeout, critical, stale_after
+
+
+def _url(value: Any, path: str) -> str:
+    url = _str(value, path).strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{path}: expected an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{path}: no credentials in the URL; use secret_fields or secret_headers")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"{path}: port out of range") from None
+    return url
+
+
+def _secret_source(value: Any, path: str) -> Secret:
+    node = _Node(value, path).only("env", "file")
+    sources = [k for k in ("env", "file") if node.has(k)]
+    if len(sources) != 1:
+        raise ConfigError(f"{path}: give exactly one of env, file")
+    key = sources[0]
+    raw = node.take(key, _str, "")
+    if key == "env":
+        text = os.environ.get(raw)
+        if text is None:
+            raise ConfigError(f"{path}.env: environment variable {raw} is not set")
+    else:
+        try:
+            text = Path(raw).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"{path}.file: cannot read {raw}: {reason}") from None
+    if not text:
+        raise ConfigError(f"{path}: the secret is empty")
+    return Secret(text)
+
+
+def _secrets(value: Any, path: str) -> tuple[tuple[str, Secret], ...]:
+    node = _Node(value, path)
+    return tuple((k, _secret_source(node.raw[k], f"{path}.{k}")) for k in node.raw)
+
+
+def _headers(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    node = _Node(value, path)
+    return tuple((k, _str(v, f"{path}.{k}")) for k, v in node.raw.items())
+
+
+def _json_value(value: Any, path: str) -> Any:
+    """A YAML value as JSON data (strings get ${VAR} expansion); rejects what JSON cannot carry."""
+    if isinstance(value, str):
+        return _expand(value, path)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v, f"{path}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{path}: {_typename(value)} cannot be sent as JSON")
+
+
+def _statuses(value: Any, path: str) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    out: list[int] = []
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, int) or not 100 <= v <= 599:
+            raise ConfigError(f"{path}" + (f"[{i}]" if isinstance(value, list) else "") + ": expected an HTTP status")
+        out.append(v)
+    if not out:
+        raise ConfigError(f"{path}: give at least one status")
+    return tuple(out)
+
+
+def _login_target(node: _Node, name: str, defaults: tuple[float, float]) -> Target:
+    path = node.path
+    if not node.has("url"):
+        raise ConfigError(f"{path}.url: missing (an http_login target checks a URL)")
+    url = node.take("url", _url, "")
+    method = node.take("method", _choice(HTTP_METHODS), "POST")
+    no_pairs: tuple[tuple[str, str], ...] = ()
+    no_secrets: tuple[tuple[str, Secret], ...] = ()
+    headers = node.take("headers", _headers, no_pairs)
+    body: Any = node.take("body", _json_value, None)
+    if body is not None and not isinstance(body, dict):
+        raise ConfigError(f"{path}.body: expected a mapping (the JSON object to send)")
+    encoding = node.take("body_encoding", _choice(BODY_ENCODINGS), "json")
+    secret_fields = node.take("secret_fields", _secrets, no_secrets)
+    secret_headers = node.take("secret_headers", _secrets, no_secrets)
+    ok_status: tuple[int, ...] = (200,)
+    expect_status = node.take("expect_status", _statuses, ok_status)
+    json_path: tuple[str, ...] = ()
+    equals: str | None = None
+    if node.has("expect_json"):
+        enode = _Node(node.take("expect_json", lambda v, p: v, {}), f"{path}.expect_json").only("path", "equals")
+        if not enode.has("path"):
+            raise ConfigError(f"{path}.expect_json.path: missing (e.g. access_token or data.token)")
+        dotted = enode.take("path", _str, "")
+        json_path = tuple(dotted.split("."))
+        if not all(json_path):
+            raise ConfigError(f"{path}.expect_json.path: empty segment in {dotted!r}")
+        if "equals" in enode.raw:
+            equals = json.dumps(_json_value(enode.raw.pop("equals"), f"{path}.expect_json.equals"))
+        enode.done()
+    ca_file: str | None = None
+    insecure = False
+    if node.has("tls"):
+        tnode = _Node(node.take("tls", lambda v, p: v, {}), f"{path}.tls").only("ca_file", "insecure_skip_verify")
+        ca_file = tnode.take("ca_file", _str, "") or None
+        insecure = tnode.take("insecure_skip_verify", _bool, False)
+        tnode.done()
+        if ca_file and not os.access(ca_file, os.R_OK):
+            raise ConfigError(f"{path}.tls.ca_file: cannot read {ca_file}")
+    follow = node.take("follow_redirects", _bool, False)
+    interval, timeout, critical, stale_after = _common(node, defaults)
+    node.done()
+    return Target(
+        name=name,
+        dsn=DSN(),
+        kind="http_login",
+        interval=interval,
+        timeout=timeout,
+        critical=critical,
+        stale_after=stale_after,
+        login=LoginCheck(
+            url=url,
+            method=method,
+            headers=headers,
+            body_json=json.dumps(body, sort_keys=True) if body is not None else None,
+            body_encoding=encoding,
+            secret_fields=secret_fields,
+            secret_headers=secret_headers,
+            expect_status=expect_status,
+            expect_json_path=json_path,
+            expect_json_equals=equals,
+            tls_ca_file=ca_file,
+            tls_insecure_skip_verify=insecure,
+            follow_redirects=follow,
+        ),
     )
 
 

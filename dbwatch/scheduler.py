@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Protocol
 
 import structlog
@@ -83,11 +84,13 @@ class Scheduler:
         key = (job.job, job.target)
         await asyncio.sleep(random.uniform(0, min(self._jitter, job.interval / 2)))
         next_at = time.monotonic()
-        failing: Reason | None = None
+        # A job may bring its own closed reason set (a probe kind's); the default is errors.classify.
+        classify_exc: Callable[[BaseException], StrEnum] = getattr(job, "classify", classify)
+        failing: StrEnum | None = None
         while True:
             started = time.monotonic()
             result = "ok"
-            reason: Reason | None = None
+            reason: StrEnum | None = None
             try:
                 async with asyncio.timeout(job.timeout + HARD_TIMEOUT_GRACE):
                     await job.run()
@@ -96,8 +99,8 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every job failure is classified, counted and logged
-                result, reason = "error", classify(exc)
-                if reason is Reason.OTHER and failing is None:
+                result, reason = "error", classify_exc(exc)
+                if reason == Reason.OTHER and failing is None:
                     log.warning("job_error_unclassified", job=job.job, target=job.target, error=type(exc).__name__)
             elapsed = time.monotonic() - started
             self._store.set(("scheduler", job.target), m.JOB_DURATION, key, elapsed)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 from dbwatch import metrics as m
 from dbwatch.config import Target
 from dbwatch.errors import Reason, classify
+from dbwatch.probes.http_login import PHASES as LOGIN_PHASES
+from dbwatch.probes.http_login import HttpLoginProbe, LoginReason, classify_login
 from dbwatch.probes.postgres import PHASES as PG_PHASES
 from dbwatch.probes.postgres import probe_postgres
 from dbwatch.store import Store, TargetStatus
 
-__all__ = ["KINDS", "Probe", "ProbeJob"]
+__all__ = ["KINDS", "Kind", "Probe", "ProbeJob"]
 
 
 class Probe(Protocol):
@@ -23,9 +26,18 @@ class Probe(Protocol):
     async def __call__(self, target: Target, timeout: float) -> Mapping[str, float]: ...
 
 
-# kind -> (probe function, phases it reports)
-KINDS: dict[str, tuple[Probe, tuple[str, ...]]] = {
-    "postgres": (probe_postgres, PG_PHASES),
+class Kind(NamedTuple):
+    """One probe kind: how to make its probe for a target, its phases, and its closed reason set."""
+
+    make: Callable[[Target], Probe]
+    phases: tuple[str, ...]
+    reasons: type[StrEnum]
+    classify: Callable[[BaseException], StrEnum]
+
+
+KINDS: dict[str, Kind] = {
+    "postgres": Kind(lambda t: probe_postgres, PG_PHASES, Reason, classify),
+    "http_login": Kind(HttpLoginProbe, LOGIN_PHASES, LoginReason, classify_login),
 }
 
 
@@ -38,7 +50,9 @@ class ProbeJob:
         self._t = target
         self._store = store
         self._clock = clock
-        self._probe, phases = KINDS[target.kind]
+        kind = KINDS[target.kind]
+        self._probe = kind.make(target)
+        self._classify = kind.classify
         self.target = target.name
         self.interval = target.interval
         self.timeout = target.timeout
@@ -46,10 +60,14 @@ class ProbeJob:
         source = ("probe", target.name)
         store.set(source, m.PROBE_UP, (target.name,), 0.0)
         store.set(("info", target.name), m.TARGET_INFO, (target.name, target.kind, str(target.critical).lower()), 1)
-        for reason in Reason:
+        for reason in kind.reasons:
             store.inc(m.PROBE_FAILURES, (target.name, reason.value), 0)
-        for phase in phases:
+        for phase in kind.phases:
             store.touch_histogram(m.PROBE_DURATION, (target.name, phase))
+
+    def classify(self, exc: BaseException) -> StrEnum:
+        """This kind's reason for a failure; the scheduler logs with it."""
+        return self._classify(exc)
 
     async def run(self) -> None:
         """Probe once; record the outcome, then re-raise a failure for the scheduler."""
@@ -61,7 +79,7 @@ class ProbeJob:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            reason = classify(exc)
+            reason = self.classify(exc)
             self._store.inc(m.PROBE_FAILURES, (self.target, reason.value))
             self._store.set(source, m.PROBE_UP, (self.target,), 0.0)
             status.up = False

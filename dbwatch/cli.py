@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit web config format",
+    )
 
     chk = sub.add_parser(
         "check-config",
@@ -38,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate a config file and print the effective config with secrets redacted.",
     )
     chk.add_argument("config", metavar="FILE", help="YAML config file")
+    chk.add_argument("--web.config.file", dest="web_config_file", metavar="FILE", help="also validate a web config")
 
     demo = sub.add_parser(
         "demo",
@@ -77,15 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = _load(args.config)
+            if args.web_config_file:
+                from dbwatch import webconfig
+
+                webconfig.load(args.web_config_file)
+                sys.stdout.write("web config ok\n")
             sys.stdout.write(yaml.safe_dump(config.redacted(), sort_keys=False))
             sys.stdout.write("config ok\n")
             return EXIT_OK
         if args.command == "run":
             config = _load(args.config, args.listen)
+            from dbwatch import webconfig
+
+            web_config = webconfig.load(args.web_config_file) if args.web_config_file else None
             logsetup.configure(config.log.level, config.log.format, config.secrets())
             from dbwatch.daemon import serve
 
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, web_config=web_config))
             return EXIT_OK
         if args.command == "demo":
             from dbwatch.demo import run_demo

@@ -536,21 +536,24 @@ def from_mapping(raw: object) -> Config:
     return Config(listen=listen, log=log, targets=tuple(targets))
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a YAML config file; raises ConfigError with the key path."""
+def read_yaml(path: str | Path, what: str = "config") -> object:
+    """Parse a YAML file; errors name the file and position but never echo a line (it may hold a password)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: config is not UTF-8") from None
+        raise ConfigError(f"{path}: {what} is not UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        # Never echo the offending line: it may hold a password.
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
     except yaml.YAMLError:
         raise ConfigError(f"{path}: YAML syntax error") from None
-    return from_mapping(raw)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError with the key path."""
+    return from_mapping(read_yaml(path))

@@ -12,6 +12,7 @@ from aiohttp import web
 from dbwatch.config import Config
 from dbwatch.server import build_app
 from dbwatch.store import Store
+from dbwatch.webconfig import WebConfig
 
 __all__ = ["serve"]
 
@@ -22,6 +23,7 @@ async def serve(
     config: Config,
     *,
     store: Store | None = None,
+    web_config: WebConfig | None = None,
     stop: asyncio.Event | None = None,
     on_started: Callable[[str, int], Awaitable[None]] | None = None,
 ) -> None:
@@ -30,18 +32,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = build_app(config, store)
+    web_config = web_config or WebConfig()
+    app = build_app(config, store, web_config=web_config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
         host, port = config.listen
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=web_config.ssl_context())
         await site.start()
         bound = port
         sockets = getattr(site._server, "sockets", None)  # the real port when asked for port 0
         if sockets:
             bound = sockets[0].getsockname()[1]
-        log.info("server_started", listen=f"{host}:{bound}", targets=len(config.targets))
+        log.info("server_started", listen=f"{host}:{bound}", targets=len(config.targets), **web_config.describe())
         if on_started:
             await on_started(host, bound)
         await stop.wait()

@@ -18,6 +18,7 @@ from dbwatch.config import Config
 from dbwatch.probes import ProbeJob
 from dbwatch.scheduler import Job, Scheduler
 from dbwatch.store import Store, StoreCollector
+from dbwatch.webconfig import WebConfig
 
 __all__ = ["SCHEDULER", "STORE", "build_app", "build_jobs", "build_registry"]
 
@@ -41,11 +42,14 @@ def build_jobs(config: Config, store: Store) -> list[Job]:
     return [ProbeJob(t, store) for t in config.targets]
 
 
-def build_app(config: Config, store: Store | None = None, jitter: float = 1.0) -> web.Application:
+def build_app(
+    config: Config, store: Store | None = None, jitter: float = 1.0, web_config: WebConfig | None = None
+) -> web.Application:
     """The aiohttp app; its cleanup context starts the scheduler and stops it on shutdown."""
     store = store or Store()
     scheduler = Scheduler(store, build_jobs(config, store), jitter=jitter)
-    app = web.Application()
+    # Basic auth and client certificates from --web.config.file guard every route (health ones optionally open).
+    app = web.Application(middlewares=[web_config.middleware()] if web_config else [])
     app[STORE] = store
     app[SCHEDULER] = scheduler
     app[REGISTRY] = build_registry(store)

@@ -19,6 +19,7 @@ import aiohttp
 from dbwatch.config import Config, from_mapping
 from dbwatch.daemon import serve
 from dbwatch.store import Store
+from dbwatch.webconfig import WebConfig
 
 # A password that must never show up in any output of the suite (checked in conftest.py).
 SENTINEL = "Xq7#sentinel%PW-zebra"
@@ -50,10 +51,11 @@ class Daemon:
     port: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     session: aiohttp.ClientSession | None = None
+    scheme: str = "http"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def get(self, path: str, **kw: Any) -> tuple[int, str]:
         assert self.session is not None
@@ -67,18 +69,18 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running(raw_config: dict[str, Any]) -> AsyncIterator[Daemon]:
-    """Start dbwatch on 127.0.0.1:0 from a config mapping; stop it on exit."""
+async def running(raw_config: dict[str, Any], web_config: WebConfig | None = None) -> AsyncIterator[Daemon]:
+    """Start dbwatch on 127.0.0.1:0 from a config mapping (and a web config); stop it on exit."""
     raw = {"listen": "127.0.0.1:0", **raw_config}
     config = from_mapping(raw)
-    d = Daemon(config=config, store=Store())
+    d = Daemon(config=config, store=Store(), scheme="https" if web_config and web_config.tls else "http")
     started = asyncio.Event()
 
     async def on_started(host: str, port: int) -> None:
         d.port = port
         started.set()
 
-    task = asyncio.create_task(serve(config, store=d.store, stop=d.stop, on_started=on_started))
+    task = asyncio.create_task(serve(config, store=d.store, web_config=web_config, stop=d.stop, on_started=on_started))
     try:
         await asyncio.wait_for(started.wait(), 10)
         async with aiohttp.ClientSession() as s:

@@ -1,0 +1,321 @@
+"""`--web.config.file`: TLS and basic auth for the HTTP endpoints, in the Prometheus exporter-toolkit format.
+
+The file has the shape every Prometheus exporter reads (`tls_server_config`, `http_server_config`,
+`basic_auth_users` with bcrypt hashes); keys that exporter-toolkit knows but dbwatch does not implement are
+rejected by name rather than silently ignored. One dbwatch key, `dbwatch.open_health_endpoints` (default true),
+keeps /healthz and /readyz reachable without credentials or a client certificate, so the kubelet can probe them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import ssl
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import bcrypt
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from dbwatch.config import ConfigError, _bool, _Node, _str, read_yaml
+
+__all__ = ["HEALTH_PATHS", "TLSConfig", "WebConfig", "load"]
+
+HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
+
+# exporter-toolkit's client_auth_type values dbwatch implements, and the TLS verify mode each maps to.
+CLIENT_AUTH_TYPES: Final = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+# Go accepts these, but a client certificate nobody verifies proves nothing; Python's ssl cannot do it either.
+_UNVERIFIED_AUTH_TYPES: Final = ("RequestClientCert", "RequireAnyClientCert")
+TLS_VERSIONS: Final = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# exporter-toolkit keys dbwatch does not implement: named in the error instead of "unknown key".
+_TOOLKIT_ONLY: Final = {
+    "tls_server_config": (
+        "cert",
+        "key",
+        "client_ca",
+        "cipher_suites",
+        "curve_preferences",
+        "prefer_server_cipher_suites",
+        "client_allowed_sans",
+    ),
+    "http_server_config": (),
+}
+_BCRYPT_RE: Final = re.compile(r"^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$")
+_UNAUTHORIZED_BODY: Final = "Unauthorized\n"
+_AUTH_CACHE_SIZE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """`tls_server_config`: the server's certificate and key, and how client certificates are checked."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    max_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The validated web config; empty means plain HTTP with no authentication."""
+
+    tls: TLSConfig | None = None
+    users: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    headers: tuple[tuple[str, str], ...] = ()
+    open_health_endpoints: bool = True
+
+    @property
+    def requires_client_cert(self) -> bool:
+        return self.tls is not None and self.tls.client_auth_type == "RequireAndVerifyClientCert"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context, or None for plain HTTP; raises ConfigError naming the key."""
+        if self.tls is None:
+            return None
+        t = self.tls
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = TLS_VERSIONS[t.min_version]
+        if t.max_version:
+            ctx.maximum_version = TLS_VERSIONS[t.max_version]
+        try:
+            ctx.load_cert_chain(t.cert_file, t.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"tls_server_config.cert_file: cannot load certificate and key: {_why(exc)}") from None
+        if t.client_ca_file:
+            try:
+                ctx.load_verify_locations(cafile=t.client_ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"tls_server_config.client_ca_file: cannot load CA certificates: {_why(exc)}"
+                ) from None
+        mode = CLIENT_AUTH_TYPES[t.client_auth_type]
+        if mode is ssl.CERT_REQUIRED and self.open_health_endpoints:
+            # The kubelet has no client certificate: ask for one in the handshake, require it per path below.
+            mode = ssl.CERT_OPTIONAL
+        ctx.verify_mode = mode
+        return ctx
+
+    def middleware(self) -> Middleware:
+        """aiohttp middleware enforcing basic auth and a verified client certificate, and adding headers."""
+        checker = _PasswordChecker(self.users)
+        need_cert = self.requires_client_cert
+        open_health = self.open_health_endpoints
+        headers = self.headers
+
+        @web.middleware
+        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not (open_health and request.path in HEALTH_PATHS):
+                if need_cert and not _peer_cert(request):
+                    return _unauthorized(headers, basic=False)
+                if checker.enabled and not await checker.check(request.headers.get("Authorization", "")):
+                    return _unauthorized(headers, basic=True)
+            resp = await handler(request)
+            for k, v in headers:
+                resp.headers[k] = v
+            return resp
+
+        return guard
+
+    def describe(self) -> dict[str, Any]:
+        """What is enabled, for the start-up log line; never a hash or a path's content."""
+        return {
+            "tls": self.tls is not None,
+            "client_auth": self.tls.client_auth_type if self.tls else "NoClientCert",
+            "basic_auth_users": len(self.users),
+            "open_health_endpoints": self.open_health_endpoints,
+        }
+
+
+def _peer_cert(request: web.Request) -> bool:
+    transport = request.transport
+    return bool(transport is not None and transport.get_extra_info("peercert"))
+
+
+def _unauthorized(headers: tuple[tuple[str, str], ...], *, basic: bool) -> web.Response:
+    resp = web.Response(status=401, text=_UNAUTHORIZED_BODY)
+    if basic:
+        resp.headers["WWW-Authenticate"] = 'Basic realm="dbwatch"'
+    for k, v in headers:
+        resp.headers[k] = v
+    return resp
+
+
+class _PasswordChecker:
+    """bcrypt checks off the event loop, one at a time, with successes cached by a keyed digest."""
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = dict(users)
+        self._key = os.urandom(32)  # the cache holds HMACs under a per-process key, never passwords
+        self._ok: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = asyncio.Lock()  # bcrypt is meant to be slow: one at a time keeps the loop's cores free
+        # Checked when the user is unknown, at the same cost, so a wrong user name takes as long as a wrong password.
+        cost = int(next(iter(self._users.values()))[4:6]) if self._users else 4
+        self._dummy = bcrypt.hashpw(b"dbwatch-no-such-user", bcrypt.gensalt(rounds=cost)) if self._users else b""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._users)
+
+    async def check(self, header: str) -> bool:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        hashed = self._users.get(user)
+        digest = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        if hashed is not None and digest in self._ok:
+            self._ok.move_to_end(digest)
+            return True
+        async with self._lock:
+            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or self._dummy)
+        if ok and hashed is not None:
+            self._ok[digest] = None
+            while len(self._ok) > _AUTH_CACHE_SIZE:
+                self._ok.popitem(last=False)
+            return True
+        return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or type(exc).__name__)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def _reject_toolkit_only(node: _Node, section: str) -> None:
+    for key in _TOOLKIT_ONLY[section]:
+        if key in node.raw:
+            raise ConfigError(f"{section}.{key}: exporter-toolkit option not supported by dbwatch")
+
+
+def _readable(node: _Node, key: str) -> str:
+    path = node.take(key, _str, "")
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(f"{node._key(key)}: cannot read {path}")
+    return path
+
+
+def _tls(raw: object) -> TLSConfig:
+    node = _Node(raw, "tls_server_config")
+    _reject_toolkit_only(node, "tls_server_config")
+    node.only("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version")
+    cert_file = _readable(node, "cert_file")
+    key_file = _readable(node, "key_file")
+    if not cert_file:
+        raise ConfigError("tls_server_config.cert_file: missing (TLS needs a certificate and a key)")
+    if not key_file:
+        raise ConfigError("tls_server_config.key_file: missing (TLS needs a certificate and a key)")
+    client_ca = _readable(node, "client_ca_file")
+    auth = node.take("client_auth_type", _str, "NoClientCert")
+    if auth in _UNVERIFIED_AUTH_TYPES:
+        raise ConfigError(
+            f"tls_server_config.client_auth_type: {auth} is not supported (an unverified client certificate "
+            "proves nothing); use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        )
+    if auth not in CLIENT_AUTH_TYPES:
+        raise ConfigError(f"tls_server_config.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}")
+    if client_ca and auth == "NoClientCert":
+        raise ConfigError("tls_server_config.client_ca_file: given without a client_auth_type that verifies")
+    if auth != "NoClientCert" and not client_ca:
+        raise ConfigError(f"tls_server_config.client_ca_file: missing (needed by client_auth_type {auth})")
+    versions: dict[str, str] = {}
+    for key, default in (("min_version", "TLS12"), ("max_version", "")):
+        v = node.take(key, _str, default)
+        if v and v not in TLS_VERSIONS:
+            raise ConfigError(f"tls_server_config.{key}: must be one of {', '.join(TLS_VERSIONS)}")
+        versions[key] = v
+    if versions["max_version"] and TLS_VERSIONS[versions["max_version"]] < TLS_VERSIONS[versions["min_version"]]:
+        raise ConfigError("tls_server_config.max_version: lower than min_version")
+    node.done()
+    return TLSConfig(cert_file, key_file, client_ca, auth, versions["min_version"], versions["max_version"])
+
+
+def _users(raw: object) -> dict[str, bytes]:
+    node = _Node(raw, "basic_auth_users")
+    users: dict[str, bytes] = {}
+    for user in list(node.raw):
+        if ":" in user or not user:
+            raise ConfigError("basic_auth_users: a user name must be non-empty and must not contain ':'")
+        value = node.raw.pop(user)
+        path = f"basic_auth_users.{user}"
+        if not isinstance(value, str) or not _BCRYPT_RE.match(value):
+            raise ConfigError(f'{path}: expected a bcrypt hash ($2y$10$…, e.g. from `htpasswd -nBC 10 ""`)')
+        hashed = value.encode()
+        try:
+            bcrypt.checkpw(b"", hashed)
+        except ValueError:
+            raise ConfigError(f"{path}: not a valid bcrypt hash") from None
+        users[user] = hashed
+    return users
+
+
+def _http(raw: object) -> tuple[tuple[str, str], ...]:
+    node = _Node(raw, "http_server_config").only("http2", "headers")
+    # dbwatch speaks HTTP/1.1; `http2` is accepted so a shared exporter web config loads unchanged.
+    node.take("http2", _bool, True)
+    hnode = _Node(node.take("headers", lambda v, p: v, {}), "http_server_config.headers")
+    headers: list[tuple[str, str]] = []
+    for name in list(hnode.raw):
+        value = hnode.take(name, _str, "")
+        if not re.match(r"^[A-Za-z0-9-]+$", name) or "\n" in value or "\r" in value:
+            raise ConfigError(f"http_server_config.headers.{name}: not a valid header")
+        if name.lower() in ("authorization", "www-authenticate", "content-type", "content-length", "content-encoding"):
+            raise ConfigError(f"http_server_config.headers.{name}: dbwatch sets this header itself")
+        headers.append((name, value))
+    node.done()
+    return tuple(headers)
+
+
+def from_mapping(raw: object) -> WebConfig:
+    """Validate an already-parsed web config."""
+    node = _Node(raw if raw is not None else {}, "").only(
+        "tls_server_config", "http_server_config", "basic_auth_users", "dbwatch"
+    )
+    tls_raw = node.take("tls_server_config", lambda v, p: v, None)
+    tls = _tls(tls_raw) if tls_raw is not None else None
+    headers = _http(node.take("http_server_config", lambda v, p: v, {}))
+    users = _users(node.take("basic_auth_users", lambda v, p: v, {}))
+    dnode = _Node(node.take("dbwatch", lambda v, p: v, {}), "dbwatch").only("open_health_endpoints")
+    open_health = dnode.take("open_health_endpoints", _bool, True)
+    dnode.done()
+    node.done()
+    web_config = WebConfig(tls=tls, users=users, headers=headers, open_health_endpoints=open_health)
+    web_config.ssl_context()  # load certificate, key and CA now, so a bad one is a config error at start-up
+    return web_config
+
+
+def load(path: str | Path) -> WebConfig:
+    """Read and validate a web config file; errors name the file and the key path, never a value."""
+    raw = read_yaml(path, "web config")
+    try:
+        return from_mapping(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -17,11 +17,13 @@ from dbwatch.secret import DSN, REDACTED, DSNError, Secret
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "AccessConfig",
     "Config",
     "ConfigError",
     "LogConfig",
     "LoginCheck",
     "Target",
+    "access_config",
     "load",
     "parse_duration",
 ]
@@ -50,6 +52,28 @@ class LogConfig:
 
     level: str = "info"
     format: str = "json"
+
+
+ACCESS_FORMATS: Final = ("auto", "gunicorn", "json", "nginx")
+DURATION_UNITS: Final = ("s", "ms", "us", "ns")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """How to read request latency from a log source's access records (`sources[].access`)."""
+
+    format: str = "auto"  # auto: JSON records by field names, else the gunicorn then the nginx line format
+    gunicorn_format: str | None = None  # gunicorn's access_log_format; None: its default plus ` %(D)s`
+    nginx_format: str | None = None  # nginx log_format; None: ingress-nginx's default `upstreaminfo`
+    nginx_time: str = "request_time"  # or upstream_response_time (falls back to request_time when `-`)
+    duration_field: str | None = None  # JSON: dotted field name; None: the first of a list of common names
+    duration_unit: str | None = None  # JSON: s, ms, us, ns; None: from the field name suffix, else seconds
+    path_field: str | None = None  # JSON: the raw path (normalised); None: common names
+    route_field: str | None = None  # JSON: a route template the app already logs (used as is)
+    method_field: str | None = None
+    status_field: str | None = None
+    routes: tuple[str, ...] = ()  # templates matched first: /api/orgs/{org}/members, /static/*
+    max_routes: int = 50  # distinct routes per source; later ones count as `other`
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +530,62 @@ def _login_target(node: _Node, name: str, defaults: tuple[float, float]) -> Targ
             follow_redirects=follow,
         ),
     )
+
+
+_ACCESS_KEYS: Final = tuple(f for f in AccessConfig.__dataclass_fields__)
+
+
+def access_config(raw: Any, path: str) -> AccessConfig:
+    """Validate an `access:` mapping (of a log source) into an AccessConfig."""
+    node = _Node(raw if raw is not None else {}, path).only(*_ACCESS_KEYS)
+
+    def opt(key: str) -> str | None:
+        return node.take(key, _str, "") or None
+
+    fmt = node.take("format", _choice(ACCESS_FORMATS), "auto")
+    routes_raw: object = node.take("routes", lambda v, p: v, [])
+    if not isinstance(routes_raw, list):
+        raise ConfigError(f"{path}.routes: expected a list of templates like /api/users/{{id}}")
+    routes = tuple(_str(r, f"{path}.routes[{i}]") for i, r in enumerate(routes_raw))
+    for i, r in enumerate(routes):
+        if not r.startswith("/"):
+            raise ConfigError(f"{path}.routes[{i}]: a route template starts with /")
+    max_routes = node.take("max_routes", lambda v, p: v, 50)
+    if isinstance(max_routes, bool) or not isinstance(max_routes, int) or not 1 <= max_routes <= 1000:
+        raise ConfigError(f"{path}.max_routes: expected a number from 1 to 1000")
+    unit = node.take("duration_unit", _choice(DURATION_UNITS), "") or None
+    gunicorn_format = opt("gunicorn_format")
+    if gunicorn_format is not None:
+        if not any(a in gunicorn_format for a in ("%(D)s", "%(M)s", "%(L)s", "%(T)s")):
+            raise ConfigError(f"{path}.gunicorn_format: needs a duration atom: %(D)s, %(M)s, %(L)s or %(T)s")
+        if "%(r)s" not in gunicorn_format and not ("%(U)s" in gunicorn_format and "%(m)s" in gunicorn_format):
+            raise ConfigError(f"{path}.gunicorn_format: needs %(r)s, or %(m)s and %(U)s")
+        if "%(s)s" not in gunicorn_format:
+            raise ConfigError(f"{path}.gunicorn_format: needs the status %(s)s")
+    nginx_format = opt("nginx_format")
+    if nginx_format is not None:
+        if not re.search(r"\$(request_time|upstream_response_time)\b", nginx_format):
+            raise ConfigError(f"{path}.nginx_format: needs $request_time or $upstream_response_time")
+        if not re.search(r"\$request\b", nginx_format) and not re.search(r"\$(uri|request_uri)\b", nginx_format):
+            raise ConfigError(f"{path}.nginx_format: needs $request, or $request_method and $uri")
+        if not re.search(r"\$status\b", nginx_format):
+            raise ConfigError(f"{path}.nginx_format: needs $status")
+    cfg = AccessConfig(
+        format=fmt,
+        gunicorn_format=gunicorn_format,
+        nginx_format=nginx_format,
+        nginx_time=node.take("nginx_time", _choice(("request_time", "upstream_response_time")), "request_time"),
+        duration_field=opt("duration_field"),
+        duration_unit=unit,
+        path_field=opt("path_field"),
+        route_field=opt("route_field"),
+        method_field=opt("method_field"),
+        status_field=opt("status_field"),
+        routes=routes,
+        max_routes=max_routes,
+    )
+    node.done()
+    return cfg
 
 
 def from_mapping(raw: object) -> Config:

@@ -107,4 +107,21 @@ TARGET_INFO = MetricSpec(
     ("target", "kind", "critical"),
 )
 
+# --- access-log latency (dbwatch/logs/access.py) ---------------------------------------------
+# Login SLO thresholds are bucket boundaries (dbwatch rules refuses any other): 100, 200, 250, 300, 500 ms, 1 s, 2 s…
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0)
+HTTP_REQUEST_DURATION = MetricSpec(
+    "dbwatch_http_request_duration_seconds",
+    MetricType.HISTOGRAM,
+    "Request duration from the app's access log, by route template, method and status class.",
+    ("source", "route", "method", "status_class"),
+    HTTP_BUCKETS,
+)
+HTTP_ACCESS_RECORDS = MetricSpec(
+    "dbwatch_http_access_records",
+    MetricType.COUNTER,
+    "Records offered to the access-log parser by result: observed, unmatched (not an access record), bad_value.",
+    ("source", "result"),
+)
+
 ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from dbwatch.hook import wire
 from dbwatch.secret import DSN, REDACTED, DSNError, Secret
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "AccessConfig",
     "Config",
     "ConfigError",
+    "HookConfig",
     "LogConfig",
     "LoginCheck",
     "Target",
@@ -114,17 +116,35 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class HookConfig:
+    """Where the sidecar receives the in-app hook's datagrams, and the bounds it applies to them."""
+
+    listen: wire.Address = field(default_factory=lambda: wire.parse_address(wire.DEFAULT_ADDR))
+    token: Secret | None = None
+    worker_expiry: float = 60.0
+    max_datagram_bytes: int = 65507
+    max_apps: int = 10
+    max_engines: int = 20
+    max_workers: int = 256
+    max_routes: int = 200
+    max_label_values: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
     listen: tuple[str, int] = DEFAULT_LISTEN
     log: LogConfig = field(default_factory=LogConfig)
     targets: tuple[Target, ...] = ()
+    hook: HookConfig | None = None
 
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
         found = {t.dsn.password.reveal() for t in self.targets if t.dsn.password}
         found.update(s.reveal() for t in self.targets if t.login for s in t.login.secrets() if s)
+        if self.hook and self.hook.token:
+            found.add(self.hook.token.reveal())
         return frozenset(found)
 
     def redacted(self) -> dict[str, Any]:
@@ -144,6 +164,7 @@ class Config:
                 }
                 for t in self.targets
             ],
+            **({"hook": _hook_redacted(self.hook)} if self.hook else {}),
         }
 
 
@@ -161,6 +182,20 @@ def _redacted_login(c: LoginCheck) -> dict[str, Any]:
     if c.tls_ca_file or c.tls_insecure_skip_verify:
         out["tls"] = {"ca_file": c.tls_ca_file, "insecure_skip_verify": c.tls_insecure_skip_verify}
     return out
+
+
+def _hook_redacted(h: HookConfig) -> dict[str, Any]:
+    return {
+        "listen": str(h.listen),
+        "token": "***" if h.token else None,
+        "worker_expiry": h.worker_expiry,
+        "max_datagram_bytes": h.max_datagram_bytes,
+        "max_apps": h.max_apps,
+        "max_engines": h.max_engines,
+        "max_workers": h.max_workers,
+        "max_routes": h.max_routes,
+        "max_label_values": h.max_label_values,
+    }
 
 
 T = TypeVar("T")
@@ -588,9 +623,71 @@ def access_config(raw: Any, path: str) -> AccessConfig:
     return cfg
 
 
+def _int_between(low: int, high: int) -> Callable[[Any, str], int]:
+    def conv(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected a whole number, got {_typename(value)}")
+        if not low <= value <= high:
+            raise ConfigError(f"{path}: must be between {low} and {high}")
+        return value
+
+    return conv
+
+
+_HOOK_KEYS: Final = (
+    "listen",
+    "token",
+    "token_file",
+    "worker_expiry",
+    "max_datagram_bytes",
+    "max_apps",
+    "max_engines",
+    "max_workers",
+    "max_routes",
+    "max_label_values",
+)
+
+
+def _hook(raw: Any, path: str) -> HookConfig:
+    node = _Node(raw, path).only(*_HOOK_KEYS)
+    d = HookConfig()
+    text = node.take("listen", _str, "")
+    listen = d.listen
+    if text:
+        try:
+            listen = wire.parse_address(text)
+        except wire.AddressError as exc:
+            raise ConfigError(f"{path}.listen: {exc}") from None
+    if node.has("token") and node.has("token_file"):
+        raise ConfigError(f"{path}: give at most one of token, token_file")
+    token_text = node.take("token", _str, "")
+    token_file = node.take("token_file", _str, "")
+    if token_file:
+        try:
+            token_text = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"{path}.token_file: cannot read {token_file}: {reason}") from None
+        if not token_text:
+            raise ConfigError(f"{path}.token_file: {token_file} is empty")
+    hook = HookConfig(
+        listen=listen,
+        token=Secret(token_text) if token_text else None,
+        worker_expiry=node.take("worker_expiry", _duration, d.worker_expiry),
+        max_datagram_bytes=node.take("max_datagram_bytes", _int_between(512, 65507), d.max_datagram_bytes),
+        max_apps=node.take("max_apps", _int_between(1, 1000), d.max_apps),
+        max_engines=node.take("max_engines", _int_between(1, 1000), d.max_engines),
+        max_workers=node.take("max_workers", _int_between(1, 10000), d.max_workers),
+        max_routes=node.take("max_routes", _int_between(1, 10000), d.max_routes),
+        max_label_values=node.take("max_label_values", _int_between(1, 1000), d.max_label_values),
+    )
+    node.done()
+    return hook
+
+
 def from_mapping(raw: object) -> Config:
     """Validate already-parsed YAML into a Config."""
-    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets")
+    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets", "hook")
     listen = node.take("listen", _listen, DEFAULT_LISTEN)
     log_node = _Node(node.take("log", lambda v, p: v, {}), "log").only("level", "format")
     log = LogConfig(
@@ -612,8 +709,10 @@ def from_mapping(raw: object) -> Config:
             raise ConfigError(f"targets[{i}].name: duplicate name {t.name!r} (also targets[{seen[t.name]}])")
         seen[t.name] = i
         targets.append(t)
+    raw_hook: object = node.take("hook", lambda v, p: v, None)
+    hook = _hook(raw_hook, "hook") if raw_hook is not None else None
     node.done()
-    return Config(listen=listen, log=log, targets=tuple(targets))
+    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook)
 
 
 def read_yaml(path: str | Path, what: str = "config") -> object:

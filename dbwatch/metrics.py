@@ -124,4 +124,155 @@ HTTP_ACCESS_RECORDS = MetricSpec(
     ("source", "result"),
 )
 
+# --- app pool via hook (dbwatch/hook/ sends, dbwatch/ingest.py receives) ---------------------
+# Bucket bounds travel in every hook datagram; the sidecar rejects a datagram whose bounds differ from these.
+# Checkout waits run from a free connection (microseconds) to the pool timeout (default 30 s).
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Connect (DNS + TCP + TLS + auth + dialect set-up) takes milliseconds to seconds.
+POOL_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A connection held across an `await` of something slow shows in the upper buckets.
+POOL_HELD_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Connection age at checkin: seconds to hours (recycle and server idle timeouts live here).
+POOL_AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0)
+# Request latency seen by the ASGI middleware.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+APP_POOL_INFO = MetricSpec(
+    "dbwatch_app_pool_info",
+    MetricType.GAUGE,
+    "Always 1 per instrumented engine; pool_class is the SQLAlchemy pool class.",
+    ("app", "engine", "pool_class"),
+)
+APP_POOL_SETTING = MetricSpec(
+    "dbwatch_app_pool_setting",
+    MetricType.GAUGE,
+    "Configured pool setting: size, max_overflow, timeout_seconds, recycle_seconds (-1 never), pre_ping (0/1).",
+    ("app", "engine", "setting"),
+)
+APP_POOL_CHECKED_OUT = MetricSpec(
+    "dbwatch_app_pool_checked_out",
+    MetricType.GAUGE,
+    "Connections checked out of the pool right now, summed over the app's live workers.",
+    ("app", "engine"),
+)
+APP_POOL_IDLE = MetricSpec(
+    "dbwatch_app_pool_idle",
+    MetricType.GAUGE,
+    "Connections idle in the pool right now, summed over the app's live workers.",
+    ("app", "engine"),
+)
+APP_POOL_OVERFLOW = MetricSpec(
+    "dbwatch_app_pool_overflow",
+    MetricType.GAUGE,
+    "Overflow connections (beyond pool size) in use right now, summed over the app's live workers.",
+    ("app", "engine"),
+)
+APP_POOL_WAITING = MetricSpec(
+    "dbwatch_app_pool_waiting",
+    MetricType.GAUGE,
+    "Checkouts waiting for a connection right now, summed over the app's live workers.",
+    ("app", "engine"),
+)
+APP_POOL_CONNECTS = MetricSpec(
+    "dbwatch_app_pool_connects",
+    MetricType.COUNTER,
+    "New DBAPI connections the pool made (result ok or error).",
+    ("app", "engine", "result"),
+)
+APP_POOL_CHECKOUTS = MetricSpec(
+    "dbwatch_app_pool_checkouts", MetricType.COUNTER, "Connections checked out of the pool.", ("app", "engine")
+)
+APP_POOL_CHECKINS = MetricSpec(
+    "dbwatch_app_pool_checkins", MetricType.COUNTER, "Connections returned to the pool.", ("app", "engine")
+)
+APP_POOL_INVALIDATIONS = MetricSpec(
+    "dbwatch_app_pool_invalidations",
+    MetricType.COUNTER,
+    "Connections invalidated, by kind (hard: closed now; soft: replaced at next checkout).",
+    ("app", "engine", "kind"),
+)
+APP_POOL_RESETS = MetricSpec(
+    "dbwatch_app_pool_resets",
+    MetricType.COUNTER,
+    "Connection resets on return to the pool (rollback or commit).",
+    ("app", "engine"),
+)
+APP_POOL_CHECKOUT_TIMEOUTS = MetricSpec(
+    "dbwatch_app_pool_checkout_timeouts",
+    MetricType.COUNTER,
+    "Checkouts that gave up after the pool timeout (sqlalchemy.exc.TimeoutError).",
+    ("app", "engine"),
+)
+APP_POOL_CHECKOUT_WAIT = MetricSpec(
+    "dbwatch_app_pool_checkout_wait_seconds",
+    MetricType.HISTOGRAM,
+    "Time a checkout spent getting a connection from the pool (queue wait plus any connect it triggered).",
+    ("app", "engine"),
+    POOL_WAIT_BUCKETS,
+)
+APP_POOL_CONNECT_DURATION = MetricSpec(
+    "dbwatch_app_pool_connect_duration_seconds",
+    MetricType.HISTOGRAM,
+    "Time to create a new DBAPI connection.",
+    ("app", "engine"),
+    POOL_CONNECT_BUCKETS,
+)
+APP_POOL_HELD = MetricSpec(
+    "dbwatch_app_pool_checkout_held_seconds",
+    MetricType.HISTOGRAM,
+    "Time from checkout to checkin of a connection.",
+    ("app", "engine"),
+    POOL_HELD_BUCKETS,
+)
+APP_POOL_CONNECTION_AGE = MetricSpec(
+    "dbwatch_app_pool_connection_age_seconds",
+    MetricType.HISTOGRAM,
+    "Age of a connection when it is checked in.",
+    ("app", "engine"),
+    POOL_AGE_BUCKETS,
+)
+APP_DBAPI_ERRORS = MetricSpec(
+    "dbwatch_app_dbapi_errors",
+    MetricType.COUNTER,
+    "Errors raised through the engine (handle_error), by exception class (bounded; rest as other).",
+    ("app", "engine", "error"),
+)
+APP_POOL_FINDING = MetricSpec(
+    "dbwatch_app_pool_finding",
+    MetricType.GAUGE,
+    "1 while a misconfiguration finding holds for the engine, else 0.",
+    ("app", "engine", "finding"),
+)
+APP_REQUEST_DURATION = MetricSpec(
+    "dbwatch_app_request_duration_seconds",
+    MetricType.HISTOGRAM,
+    "Request latency seen by the ASGI middleware, by route template (bounded), method and status class.",
+    ("app", "route", "method", "status_class"),
+    REQUEST_BUCKETS,
+)
+APP_EXCEPTIONS = MetricSpec(
+    "dbwatch_app_exceptions",
+    MetricType.COUNTER,
+    "Unhandled exceptions seen by the ASGI middleware, by route, exception class and log category.",
+    ("app", "route", "exception", "category"),
+)
+APP_HOOK_WORKERS = MetricSpec(
+    "dbwatch_app_hook_workers",
+    MetricType.GAUGE,
+    "Worker processes of the app whose hook reported within hook.worker_expiry.",
+    ("app",),
+)
+APP_HOOK_DROPPED = MetricSpec(
+    "dbwatch_app_hook_dropped",
+    MetricType.COUNTER,
+    "Reports the app's hook could not send (queue_full, send_failed), as counted by the app.",
+    ("app", "reason"),
+)
+HOOK_DATAGRAMS = MetricSpec(
+    "dbwatch_hook_datagrams",
+    MetricType.COUNTER,
+    "Datagrams the sidecar received from hooks, by result (accepted or the reason it was rejected).",
+    ("result",),
+)
+
 ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))

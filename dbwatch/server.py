@@ -15,16 +15,18 @@ from prometheus_client.exposition import choose_encoder
 from dbwatch import __version__
 from dbwatch import metrics as m
 from dbwatch.config import Config
+from dbwatch.ingest import Ingest, running_ingest
 from dbwatch.probes import ProbeJob
 from dbwatch.scheduler import Job, Scheduler
 from dbwatch.store import Store, StoreCollector
 from dbwatch.webconfig import WebConfig
 
-__all__ = ["SCHEDULER", "STORE", "build_app", "build_jobs", "build_registry"]
+__all__ = ["INGEST", "SCHEDULER", "STORE", "build_app", "build_jobs", "build_registry"]
 
 STORE = web.AppKey("store", Store)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+INGEST = web.AppKey("ingest", Ingest)
 
 
 def build_registry(store: Store) -> CollectorRegistry:
@@ -60,6 +62,15 @@ def build_app(
         await scheduler.stop()
 
     app.cleanup_ctx.append(run_scheduler)
+    hook_config = config.hook
+    if hook_config is not None:
+
+        async def run_ingest(app: web.Application) -> AsyncIterator[None]:
+            async with running_ingest(hook_config, store) as (ingest, _):
+                app[INGEST] = ingest
+                yield
+
+        app.cleanup_ctx.append(run_ingest)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

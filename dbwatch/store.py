@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import (
@@ -93,6 +93,17 @@ class Store:
             h.counts[-1] += 1
         h.total += value
         h.n += 1
+
+    def add_histogram(self, spec: MetricSpec, labels: Labels, counts: Sequence[float], total: float) -> None:
+        """Add pre-bucketed observations (one count per bucket, +Inf last) and their sum, e.g. pushed by the hook."""
+        _check(spec, labels, MetricType.HISTOGRAM)
+        if len(counts) != len(spec.buckets) + 1:
+            raise ValueError(f"{spec.name} takes {len(spec.buckets) + 1} bucket counts, got {len(counts)}")
+        h = self._hist(spec, labels)
+        for i, n in enumerate(counts):
+            h.counts[i] += int(n)
+        h.total += total
+        h.n += int(sum(counts))
 
     def touch_histogram(self, spec: MetricSpec, labels: Labels) -> None:
         """Create a histogram series with no observations, so it exists from the start."""

@@ -1,0 +1,152 @@
+"""ASGI middleware: request latency by route template, method and status class, and unhandled exceptions; stdlib only.
+
+The route label is the framework's template when it sets one in the scope (FastAPI/Starlette `scope["route"]`),
+otherwise the path with id-like segments replaced (`/users/123` -> `/users/{id}`). At most `max_routes` distinct
+routes are kept; the rest report as `other`, and 404s without a route as `unmatched`, so scanners cannot blow up
+the label set.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from dbwatch.hook import wire
+from dbwatch.hook.categories import category, exception_name
+from dbwatch.hook.reporter import get_reporter
+
+__all__ = ["DbwatchASGIMiddleware", "route_template"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+METHODS: Final = frozenset(wire.METHODS)
+_MAX_ROUTE_LEN: Final = wire.MAX_ROUTE_LEN
+_MAX_EXCEPTION_CLASSES: Final = 50
+_SEGMENT_RULES: Final = (
+    (re.compile(r"^\d+$"), "{id}"),
+    (re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"), "{uuid}"),
+    (re.compile(r"^[0-9a-fA-F]{16,}$"), "{hex}"),
+    (re.compile(r"^(?=.*\d)[A-Za-z0-9_\-.~%]{20,}$"), "{token}"),
+)
+_BUCKETS: Final = wire.LAYOUTS["request"]
+
+
+def route_template(path: str) -> str:
+    """A path with id-like segments replaced by placeholders, cut to a bounded length."""
+    parts = []
+    for seg in path.split("/"):
+        parts.append(next((repl for rx, repl in _SEGMENT_RULES if rx.fullmatch(seg)), seg))
+    return "/".join(parts)[:_MAX_ROUTE_LEN] or "/"
+
+
+def _scope_route(scope: Scope) -> str | None:
+    route = scope.get("route")
+    for attr in ("path_format", "path"):
+        value = getattr(route, attr, None)
+        if isinstance(value, str) and value:
+            return (str(scope.get("root_path", "")) + value)[:_MAX_ROUTE_LEN]
+    return None
+
+
+class DbwatchASGIMiddleware:
+    """Wraps an ASGI app; reports through the same sender as `instrument()` and never changes a response."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        app_name: str | None = None,
+        sidecar: str | None = None,
+        token: str | None = None,
+        interval: float | None = None,
+        max_routes: int = 100,
+    ) -> None:
+        self.app = app
+        self.max_routes = max_routes
+        self._lock = threading.Lock()
+        self._reset()
+        get_reporter(sidecar, app_name, token, interval).add(self)
+
+    def _reset(self) -> None:
+        self._requests: dict[tuple[str, str, str], list[float]] = {}
+        self._exceptions: dict[tuple[str, str, str], int] = {}
+        self._routes: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message.get("status", 0))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            self._record(scope, status or 500, time.perf_counter() - t0, exc)
+            raise
+        self._record(scope, status, time.perf_counter() - t0, None)
+
+    def _record(self, scope: Scope, status: int, elapsed: float, exc: BaseException | None) -> None:
+        try:
+            route = self._route(scope, status)
+            method = str(scope.get("method", "")).upper()
+            method = method if method in METHODS else "other"
+            status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+            i = bisect.bisect_left(_BUCKETS, elapsed)
+            with self._lock:
+                row = self._requests.get((route, method, status_class))
+                if row is None:
+                    row = self._requests[(route, method, status_class)] = [0.0] * (len(_BUCKETS) + 2)
+                row[i] += 1
+                row[-1] += elapsed
+                if exc is not None:
+                    name = exception_name(exc)
+                    names = {k[1] for k in self._exceptions}
+                    if name not in names and len(names) >= _MAX_EXCEPTION_CLASSES:
+                        name = "other"
+                    key = (route, name, category(exc))
+                    self._exceptions[key] = self._exceptions.get(key, 0) + 1
+        except Exception:  # noqa: BLE001, S110 - the middleware never changes what the app does
+            pass
+
+    def _route(self, scope: Scope, status: int) -> str:
+        route = _scope_route(scope)
+        if route is None:
+            if status == 404:
+                return "unmatched"
+            route = route_template(str(scope.get("path", "")))
+        if route not in self._routes:
+            if len(self._routes) >= self.max_routes:
+                return "other"
+            self._routes.add(route)
+        return route
+
+    # ----- Source protocol ---------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """Cumulative request histograms and exception counts, as wire rows."""
+        with self._lock:
+            requests = [[*k, [int(v) for v in row[:-1]], round(row[-1], 6)] for k, row in self._requests.items()]
+            exceptions = [[*k, n] for k, n in self._exceptions.items()]
+        return {"requests": requests, "exceptions": exceptions}
+
+    def alive(self) -> bool:
+        return True
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()

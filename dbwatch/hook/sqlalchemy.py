@@ -1,0 +1,433 @@
+"""Pool and engine instrumentation for SQLAlchemy 2.0/2.1 (sync Engine or AsyncEngine); imports only SQLAlchemy.
+
+Counts come from pool and engine events (checkout, checkin, reset, invalidate, soft_invalidate, handle_error,
+engine_disposed). SQLAlchemy has no event before a checkout or around a connect, so the pool's `connect` and
+`_invoke_creator` are wrapped on the pool instance (again after `dispose()`, which builds a new pool) to time the
+wait and the connect and to count timeouts. Everything here holds the engine and pool by weak reference only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+from sqlalchemy.engine import Engine
+
+from dbwatch.hook import wire
+from dbwatch.hook.reporter import Reporter, get_reporter
+
+__all__ = ["EngineState", "instrument", "state_of"]
+
+log = logging.getLogger("dbwatch.hook")
+
+_perf = time.perf_counter
+_wall = time.time
+_HELD_CAP: Final = 10_000  # checkout start times kept for held-time; more than this means records are leaking
+_ERROR_CAP: Final = 50  # distinct DBAPI error classes per engine before the rest count as `other`
+# null_pool_under_load: a window closes after this many checkouts; it holds when connects were >= 90% of them.
+# A window older than _UNDER_LOAD_MAX_AGE without that many checkouts is not load and starts over.
+_UNDER_LOAD_MIN_CHECKOUTS: Final = 20
+_UNDER_LOAD_RATIO: Final = 0.9
+_UNDER_LOAD_MAX_AGE: Final = 60.0
+_FINDING_TEXT: Final = {
+    "static_pool_async": "StaticPool/SingletonThreadPool on an async engine shares one connection across "
+    "tasks; use the default AsyncAdaptedQueuePool (or NullPool)",
+    "expire_on_commit": "expire_on_commit=True on a session of an async engine: reading an attribute after "
+    "commit lazy-loads outside the greenlet (MissingGreenlet); use async_sessionmaker(expire_on_commit=False)",
+    "pre_ping_off_recycle": "pool_pre_ping is off and pool_recycle is longer than the server's idle timeout: "
+    "connections the server closed are handed out; set pool_pre_ping=True or a shorter pool_recycle",
+    "null_pool_under_load": "every checkout opens a new connection under load (NullPool or pool churn); "
+    "use a QueuePool sized for the load, or put pgbouncer in front",
+}
+
+
+class _Hist:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.total += v
+
+    def wire(self) -> list[float]:
+        return [*self.counts, round(self.total, 6)]
+
+
+class EngineState:
+    """What the hook counts for one engine; updated on the app's threads, read by the sender thread."""
+
+    def __init__(self, engine: Engine, name: str, is_async: bool, server_idle_timeout: float | None) -> None:
+        self.name = name
+        self.is_async = is_async
+        self.server_idle_timeout = server_idle_timeout
+        self._engine = weakref.ref(engine)
+        self._pool: weakref.ref[sa_pool.Pool] | None = None
+        self.lock = threading.Lock()
+        self.findings: set[str] = set()
+        self._logged: set[str] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.c = dict.fromkeys(wire.COUNTERS, 0)
+        self.waiting = 0
+        self.h = {k: _Hist(b) for k, b in wire.HISTS.items()}
+        self.errors: dict[str, int] = {}
+        self.held: dict[int, float] = {}
+        self._window = (0, 0, time.monotonic())  # (checkouts, connects, when) at the window's start
+
+    def after_fork(self) -> None:
+        """The child is a new worker: start counting from zero."""
+        self.lock = threading.Lock()
+        self._reset()
+
+    def alive(self) -> bool:
+        return self._engine() is not None
+
+    # ----- hot path: called on the app's threads, must be cheap and never raise -----------------------------
+
+    def wrap_connect(self, pool: sa_pool.Pool) -> Callable[[], Any]:
+        cls_connect = type(pool).connect
+        pref = weakref.ref(pool)
+        c, lock, hist = self.c, self.lock, self.h["checkout_wait"]
+
+        def connect() -> Any:
+            t0 = _perf()
+            with lock:
+                self.waiting += 1
+            try:
+                return cls_connect(pref())  # type: ignore[arg-type]
+            except sa_exc.TimeoutError:
+                with lock:
+                    c["checkout_timeouts"] += 1
+                raise
+            finally:
+                dt = _perf() - t0
+                with lock:
+                    self.waiting -= 1
+                    hist.observe(dt)
+
+        return connect
+
+    def wrap_creator(self, creator: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        c, lock, hist = self.c, self.lock, self.h["connect"]
+
+        def invoke_creator(record: Any) -> Any:
+            t0 = _perf()
+            try:
+                conn = creator(record)
+            except BaseException:
+                with lock:
+                    c["connects_error"] += 1
+                raise
+            dt = _perf() - t0
+            with lock:
+                c["connects_ok"] += 1
+                hist.observe(dt)
+            return conn
+
+        return invoke_creator
+
+    def on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        try:
+            with self.lock:
+                self.c["checkouts"] += 1
+                if len(self.held) < _HELD_CAP:
+                    self.held[id(record)] = _perf()
+        except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only
+            pass
+
+    def on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        try:
+            now = _perf()
+            with self.lock:
+                self.c["checkins"] += 1
+                t0 = self.held.pop(id(record), None)
+                if t0 is not None:
+                    self.h["held"].observe(now - t0)
+                start = getattr(record, "starttime", 0)
+                if start:
+                    self.h["age"].observe(max(0.0, _wall() - start))
+        except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only
+            pass
+
+    def on_reset(self, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+        with self.lock:
+            self.c["resets"] += 1
+
+    def on_invalidate(self, dbapi_connection: Any, record: Any, exception: Any) -> None:
+        with self.lock:
+            self.c["invalidations_hard"] += 1
+
+    def on_soft_invalidate(self, dbapi_connection: Any, record: Any, exception: Any) -> None:
+        with self.lock:
+            self.c["invalidations_soft"] += 1
+
+    def on_error(self, ctx: Any) -> None:
+        try:
+            orig = ctx.original_exception
+            cause = getattr(orig, "__cause__", None)
+            name = type(cause if isinstance(cause, Exception) else orig).__name__[:80]
+            with self.lock:
+                if name not in self.errors and len(self.errors) >= _ERROR_CAP:
+                    name = "other"
+                self.errors[name] = self.errors.get(name, 0) + 1
+        except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only
+            pass
+
+    # ----- set-up and findings -----------------------------------------------------------------------------
+
+    def attach_pool(self, pool: sa_pool.Pool) -> None:
+        """Wrap a (new) pool's connect and creator; pool events carry over by themselves."""
+        if getattr(pool, "_dbwatch_state", None) is self:
+            return
+        pool.connect = self.wrap_connect(pool)  # type: ignore[method-assign]
+        pool._invoke_creator = self.wrap_creator(pool._invoke_creator)  # type: ignore[assignment]
+        pool._dbwatch_state = self  # type: ignore[attr-defined]
+        self._pool = weakref.ref(pool)
+        if self.is_async and isinstance(pool, sa_pool.StaticPool | sa_pool.SingletonThreadPool):
+            self.flag("static_pool_async")
+        self.check_recycle()
+
+    def on_disposed(self, engine: Engine) -> None:
+        try:
+            self.attach_pool(engine.pool)
+        except Exception as exc:  # noqa: BLE001 - never raise into the app
+            self.log_once("attach", "dbwatch hook: cannot re-instrument pool of %s: %s", self.name, type(exc).__name__)
+
+    def on_first_connect(self, dbapi_connection: Any, record: Any) -> None:
+        """Learn PostgreSQL's idle_session_timeout once per engine, for the pre_ping_off_recycle finding."""
+        if self.server_idle_timeout is not None:
+            return
+        self.server_idle_timeout = 0.0
+        cur = None
+        try:
+            cur = dbapi_connection.cursor()
+            cur.execute("SELECT setting FROM pg_settings WHERE name = 'idle_session_timeout'")
+            row = cur.fetchone()
+            if row and row[0] is not None:
+                self.server_idle_timeout = float(row[0]) / 1000.0  # the setting is in ms
+        except Exception as exc:  # noqa: BLE001 - a failed look-up only disables the finding
+            self.log_once("idle_timeout", "dbwatch hook: cannot read idle_session_timeout: %s", type(exc).__name__)
+        finally:
+            try:
+                if cur is not None:
+                    cur.close()
+                dbapi_connection.rollback()
+            except Exception:  # noqa: BLE001, S110 - the pool resets the connection on checkin anyway
+                pass
+        self.check_recycle()
+
+    def check_recycle(self) -> None:
+        pool = self._pool() if self._pool else None
+        idle = self.server_idle_timeout
+        if pool is None or not idle or getattr(pool, "_pre_ping", False):
+            return
+        recycle = float(getattr(pool, "_recycle", -1))
+        if recycle < 0 or recycle >= idle:
+            self.flag("pre_ping_off_recycle")
+
+    def flag(self, finding: str) -> None:
+        """A finding holds: its gauge turns 1 and a warning is logged once."""
+        if finding not in self.findings:
+            self.findings.add(finding)
+            self.log_once(finding, "dbwatch hook: engine %s: %s", self.name, _FINDING_TEXT[finding])
+
+    def log_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(msg, *args)
+
+    # ----- the sender thread's view ------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        pool = self._pool() if self._pool else None
+        with self.lock:
+            c = dict(self.c)
+            hists = {k: h.wire() for k, h in self.h.items()}
+            errors = dict(self.errors)
+            waiting = self.waiting
+        self._check_load(c)
+        entry: dict[str, Any] = {
+            "engine": self.name,
+            "pool_class": type(pool).__name__ if pool is not None else "gone",
+            "settings": _settings(pool),
+            "gauges": {
+                "checked_out": max(0, c["checkouts"] - c["checkins"]),
+                "idle": _call_int(pool, "checkedin"),
+                "overflow": max(0, _call_int(pool, "overflow")) if isinstance(pool, sa_pool.QueuePool) else 0,
+                "waiting": max(0, waiting),
+            },
+            "counters": c,
+            "hists": hists,
+            "errors": errors,
+            "findings": sorted(self.findings),
+        }
+        return {"engines": [entry]}
+
+    def _check_load(self, c: dict[str, int]) -> None:
+        now = time.monotonic()
+        total_connects = c["connects_ok"] + c["connects_error"]
+        checkouts = c["checkouts"] - self._window[0]
+        connects = total_connects - self._window[1]
+        if checkouts >= _UNDER_LOAD_MIN_CHECKOUTS:
+            if connects >= _UNDER_LOAD_RATIO * checkouts:
+                self.flag("null_pool_under_load")
+            self._window = (c["checkouts"], total_connects, now)
+        elif now - self._window[2] > _UNDER_LOAD_MAX_AGE:
+            self._window = (c["checkouts"], total_connects, now)
+
+
+def _call_int(pool: object, method: str) -> int:
+    fn = getattr(pool, method, None)
+    if fn is None:
+        return 0
+    try:
+        return int(fn())
+    except Exception:  # noqa: BLE001 - a pool without this figure reports 0
+        return 0
+
+
+def _settings(pool: sa_pool.Pool | None) -> dict[str, float]:
+    if pool is None:
+        return {}
+    out: dict[str, float] = {
+        "recycle_seconds": float(getattr(pool, "_recycle", -1)),
+        "pre_ping": 1.0 if getattr(pool, "_pre_ping", False) else 0.0,
+    }
+    if isinstance(pool, sa_pool.QueuePool):
+        out["size"] = float(pool.size())
+        out["max_overflow"] = float(getattr(pool, "_max_overflow", 0))
+        out["timeout_seconds"] = float(pool.timeout())
+    return out
+
+
+class _Source:
+    """Adapts an EngineState to the reporter's Source protocol."""
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+
+    def report(self) -> dict[str, Any]:
+        return self.state.report()
+
+    def alive(self) -> bool:
+        return self.state.alive()
+
+    def after_fork(self) -> None:
+        self.state.after_fork()
+
+
+_states: weakref.WeakKeyDictionary[Engine, EngineState] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+_session_hooked = False
+
+
+def state_of(engine: Any) -> EngineState | None:
+    """The hook's state for an engine (AsyncEngine or Engine), if instrumented."""
+    sync = getattr(engine, "sync_engine", engine)
+    return _states.get(sync) if isinstance(sync, Engine) else None
+
+
+def instrument(
+    engine: Any,
+    name: str = "default",
+    *,
+    app: str | None = None,
+    sidecar: str | None = None,
+    token: str | None = None,
+    interval: float | None = None,
+    server_idle_timeout: float | None = None,
+) -> bool:
+    """Instrument an AsyncEngine or Engine; idempotent, never raises. Returns whether the engine is instrumented.
+
+    Args:
+        name: the `engine` label (letters, digits, `_ . : -`).
+        app: the `app` label; default `$DBWATCH_HOOK_APP` or `app`.
+        sidecar: `host:port` (UDP) or `unix:/path`; default `$DBWATCH_HOOK_ADDR` or 127.0.0.1:9840.
+        token: shared token the sidecar may require; default `$DBWATCH_HOOK_TOKEN(_FILE)`.
+        interval: seconds between reports; default `$DBWATCH_HOOK_INTERVAL` or 5.
+        server_idle_timeout: seconds after which the server (or a proxy/LB) closes idle connections; default
+            PostgreSQL's idle_session_timeout, read once on the first connection.
+    """
+    try:
+        return _instrument(engine, name, app, sidecar, token, interval, server_idle_timeout)
+    except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the app from starting
+        log.warning("dbwatch hook: instrument(%s) failed: %s", name, type(exc).__name__)
+        return False
+
+
+def _instrument(
+    engine: Any,
+    name: str,
+    app: str | None,
+    sidecar: str | None,
+    token: str | None,
+    interval: float | None,
+    server_idle_timeout: float | None,
+) -> bool:
+    sync = getattr(engine, "sync_engine", engine)
+    if not isinstance(sync, Engine):
+        log.warning("dbwatch hook: instrument() takes an Engine or AsyncEngine, not %s", type(engine).__name__)
+        return False
+    if not wire.NAME_RE.fullmatch(name):
+        log.warning("dbwatch hook: engine name must be 1-63 letters, digits, '_', '.', ':' or '-'; not instrumented")
+        return False
+    with _states_lock:
+        existing = _states.get(sync)
+        if existing is not None:
+            if existing.name != name:
+                existing.log_once(f"rename:{name}", "dbwatch hook: engine already instrumented as %s", existing.name)
+            return True
+        is_async = bool(getattr(sync.dialect, "is_async", False)) or sync is not engine
+        state = EngineState(sync, name, is_async, server_idle_timeout)
+        _states[sync] = state
+    event.listen(sync, "checkout", state.on_checkout)
+    event.listen(sync, "checkin", state.on_checkin)
+    event.listen(sync, "reset", state.on_reset)
+    event.listen(sync, "invalidate", state.on_invalidate)
+    event.listen(sync, "soft_invalidate", state.on_soft_invalidate)
+    event.listen(sync, "handle_error", state.on_error)
+    event.listen(sync, "engine_disposed", state.on_disposed)
+    if sync.dialect.name == "postgresql" and server_idle_timeout is None:
+        event.listen(sync, "connect", state.on_first_connect, once=True)
+    state.attach_pool(sync.pool)
+    if is_async:
+        _hook_sessions()
+    reporter: Reporter = get_reporter(sidecar, app, token, interval)
+    reporter.add(_Source(state))
+    return True
+
+
+def _hook_sessions() -> None:
+    """Watch session transactions once per process for expire_on_commit on async engines."""
+    global _session_hooked  # noqa: PLW0603 - one class-level listener per process, installed on first need
+    with _states_lock:
+        if _session_hooked:
+            return
+        _session_hooked = True
+    from sqlalchemy.orm import Session  # noqa: PLC0415 - only apps with an async engine pay for the ORM import
+
+    event.listen(Session, "after_begin", _after_begin)
+
+
+def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
+    try:
+        if not session.expire_on_commit:
+            return
+        state = _states.get(connection.engine)
+        if state is not None and state.is_async and "expire_on_commit" not in state.findings:
+            state.flag("expire_on_commit")
+    except Exception:  # noqa: BLE001, S110 - never raise into the app
+        pass

@@ -1,0 +1,221 @@
+"""The hook on real SQLAlchemy async engines against the test PostgreSQL, reported to a live ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import weakref
+
+import pytest
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool, StaticPool
+
+from dbwatch import metrics as m
+from dbwatch.hook import instrument
+from dbwatch.hook.sqlalchemy import state_of
+from tests.helpers import eventually
+from tests.hook.conftest import Sink
+
+APP = "shop"
+
+
+def _hook(engine: AsyncEngine, sink: Sink, name: str = "primary", **kw: object) -> None:
+    assert instrument(engine, name, app=APP, sidecar=sink.addr, interval=0.05, **kw)  # type: ignore[arg-type]
+
+
+async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url) -> None:
+    """QueuePool(size=2, max_overflow=0): 5 concurrent holders -> 2 check out, 3 wait, then time out."""
+    engine = create_async_engine(sa_url, pool_size=2, max_overflow=0, pool_timeout=1.0)
+    _hook(engine, sink)
+    release = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def holder() -> None:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+                await release.wait()
+            outcomes.append("ok")
+        except sa_exc.TimeoutError:
+            outcomes.append("timeout")
+
+    tasks = [asyncio.create_task(holder()) for _ in range(5)]
+    labels = (APP, "primary")
+    await eventually(lambda: sink.gauge(m.APP_POOL_WAITING, *labels) == 3, timeout=10)
+    assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 2
+    await eventually(lambda: len(outcomes) == 3, timeout=10)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(outcomes) == ["ok", "ok", "timeout", "timeout", "timeout"]
+    await eventually(lambda: sink.counter(m.APP_POOL_CHECKINS, *labels) == 2, timeout=10)
+    assert sink.counter(m.APP_POOL_CHECKOUT_TIMEOUTS, *labels) == 3
+    assert sink.counter(m.APP_POOL_CHECKOUTS, *labels) == 2
+    assert sink.counter(m.APP_POOL_CONNECTS, *labels, "ok") == 2
+    count, total = sink.hist(m.APP_POOL_CHECKOUT_WAIT, *labels)
+    assert count == 5
+    assert total >= 3 * 1.0  # the three that timed out each waited the full pool timeout
+    held_count, held_total = sink.hist(m.APP_POOL_HELD, *labels)
+    assert held_count == 2
+    assert held_total > 0
+    await eventually(lambda: sink.gauge(m.APP_POOL_WAITING, *labels) == 0)
+    assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 0
+    assert sink.gauge(m.APP_POOL_IDLE, *labels) == 2
+    assert sink.gauge(m.APP_POOL_SETTING, *labels, "size") == 2
+    assert sink.gauge(m.APP_POOL_SETTING, *labels, "timeout_seconds") == 1.0
+    assert sink.gauge(m.APP_POOL_INFO, *labels, "AsyncAdaptedQueuePool") == 1
+    assert sink.gauge(m.APP_POOL_FINDING, *labels, "static_pool_async") == 0
+    await engine.dispose()
+
+
+async def test_static_pool_on_async_engine_flagged_and_logged_once(sink: Sink, sa_url, caplog) -> None:
+    """StaticPool on an async engine (the seed outage's pool) -> finding gauge 1, one warning however often used."""
+    caplog.set_level(logging.WARNING, logger="dbwatch.hook")
+    engine = create_async_engine(sa_url, poolclass=StaticPool)
+    _hook(engine, sink, "static")
+    for _ in range(3):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    await eventually(lambda: sink.gauge(m.APP_POOL_FINDING, APP, "static", "static_pool_async") == 1)
+    assert sink.gauge(m.APP_POOL_INFO, APP, "static", "StaticPool") == 1
+    warnings = [r for r in caplog.records if "StaticPool" in r.getMessage()]
+    assert len(warnings) == 1
+    await engine.dispose()
+
+
+async def test_expire_on_commit_flagged(sink: Sink, sa_url) -> None:
+    """async_sessionmaker's default expire_on_commit=True is flagged; expire_on_commit=False is not."""
+    bad = create_async_engine(sa_url)
+    good = create_async_engine(sa_url)
+    _hook(bad, sink, "bad")
+    _hook(good, sink, "good")
+    for engine, expire in ((bad, True), (good, False)):
+        factory = async_sessionmaker(engine, expire_on_commit=expire)
+        async with factory() as session:
+            await session.execute(text("SELECT 1"))
+            await session.commit()
+    await eventually(lambda: sink.gauge(m.APP_POOL_FINDING, APP, "bad", "expire_on_commit") == 1)
+    assert sink.gauge(m.APP_POOL_FINDING, APP, "good", "expire_on_commit") == 0
+    await bad.dispose()
+    await good.dispose()
+
+
+async def test_nullpool_connects_counted_and_flagged_under_load(sink: Sink, sa_url) -> None:
+    """NullPool: every checkout connects; 25 of them make the null_pool_under_load finding hold."""
+    engine = create_async_engine(sa_url, poolclass=NullPool)
+    _hook(engine, sink, "nullpool")
+    for _ in range(25):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    labels = (APP, "nullpool")
+    await eventually(lambda: sink.counter(m.APP_POOL_CHECKINS, *labels) == 25)
+    assert sink.counter(m.APP_POOL_CONNECTS, *labels, "ok") == 25
+    assert sink.counter(m.APP_POOL_CHECKOUTS, *labels) == 25
+    assert sink.hist(m.APP_POOL_CONNECT_DURATION, *labels)[0] == 25
+    await eventually(lambda: sink.gauge(m.APP_POOL_FINDING, *labels, "null_pool_under_load") == 1)
+    await engine.dispose()
+
+
+async def test_queuepool_under_the_same_load_is_not_flagged(sink: Sink, sa_url) -> None:
+    """The same 25 checkouts through a QueuePool connect once: no null_pool_under_load."""
+    engine = create_async_engine(sa_url)
+    _hook(engine, sink, "pooled")
+    for _ in range(25):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    labels = (APP, "pooled")
+    await eventually(lambda: sink.counter(m.APP_POOL_CHECKINS, *labels) == 25)
+    assert sink.counter(m.APP_POOL_CONNECTS, *labels, "ok") == 1
+    assert sink.gauge(m.APP_POOL_FINDING, *labels, "null_pool_under_load") == 0
+    await engine.dispose()
+
+
+async def test_pre_ping_off_with_recycle_beyond_server_idle_timeout_flagged(sink: Sink, sa_url) -> None:
+    """idle_session_timeout=60s on the server, pre_ping off, recycle never -> flagged; with pre_ping -> not."""
+    settings = {"server_settings": {"idle_session_timeout": "60000"}}
+    risky = create_async_engine(sa_url, connect_args=settings)
+    safe = create_async_engine(sa_url, connect_args=settings, pool_pre_ping=True)
+    _hook(risky, sink, "risky")
+    _hook(safe, sink, "safe")
+    for engine in (risky, safe):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    await eventually(lambda: sink.gauge(m.APP_POOL_FINDING, APP, "risky", "pre_ping_off_recycle") == 1)
+    assert sink.gauge(m.APP_POOL_FINDING, APP, "safe", "pre_ping_off_recycle") == 0
+    assert state_of(risky).server_idle_timeout == 60.0  # type: ignore[union-attr]
+    await risky.dispose()
+    await safe.dispose()
+
+
+async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url) -> None:
+    """Hard and soft invalidations, resets on checkin and DBAPI errors by driver class."""
+    engine = create_async_engine(sa_url)
+    _hook(engine, sink, "events")
+    async with engine.connect() as conn:
+        with pytest.raises(sa_exc.ProgrammingError):
+            await conn.execute(text("SELECT * FROM no_such_table"))
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        raw.invalidate(soft=True)
+    async with engine.connect() as conn:
+        await conn.invalidate()
+    labels = (APP, "events")
+    await eventually(lambda: sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "hard") == 1)
+    assert sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "soft") == 1
+    assert sink.counter(m.APP_DBAPI_ERRORS, *labels, "UndefinedTableError") == 1
+    assert sink.counter(m.APP_POOL_RESETS, *labels) >= 2
+    await engine.dispose()
+
+
+async def test_idempotent_any_number_of_engines_and_dispose(sink: Sink, sa_url) -> None:
+    """instrument() twice (AsyncEngine and its sync_engine) counts once; dispose() keeps the wait timing."""
+    engine = create_async_engine(sa_url)
+    _hook(engine, sink, "twice")
+    _hook(engine, sink, "twice")
+    assert instrument(engine.sync_engine, "twice", app=APP, sidecar=sink.addr)
+    for _ in range(3):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    await engine.dispose()  # builds a new pool: the hook must follow it
+    for _ in range(2):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    labels = (APP, "twice")
+    await eventually(lambda: sink.counter(m.APP_POOL_CHECKINS, *labels) == 5)
+    assert sink.counter(m.APP_POOL_CHECKOUTS, *labels) == 5
+    assert sink.hist(m.APP_POOL_CHECKOUT_WAIT, *labels)[0] == 5
+    assert sink.counter(m.APP_POOL_CONNECTS, *labels, "ok") == 2
+    await engine.dispose()
+
+
+async def test_no_strong_reference_keeps_a_disposed_engine_alive(sink: Sink, sa_url) -> None:
+    """After dispose and del, the engine and its pool are collected; the hook's state says so."""
+    engine = create_async_engine(sa_url)
+    _hook(engine, sink, "gone")
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    state = state_of(engine)
+    assert state is not None
+    await engine.dispose()
+    ref = weakref.ref(engine.sync_engine)
+    pool_ref = weakref.ref(engine.sync_engine.pool)
+    del engine, conn
+    gc.collect()
+    assert ref() is None
+    assert pool_ref() is None
+    assert not state.alive()
+
+
+def test_hook_never_raises_into_the_app(caplog) -> None:
+    """Bad arguments are logged and refused, never raised; a sync Engine works too."""
+    assert instrument(object(), "x") is False
+    engine = sqlalchemy.create_engine("sqlite://")
+    assert instrument(engine, "bad name!") is False
+    assert instrument(engine, "sqlite", sidecar="nonsense") is True  # falls back to the default address
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert state_of(engine).c["checkouts"] == 1  # type: ignore[union-attr]
+    engine.dispose()

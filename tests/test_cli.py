@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,24 +83,31 @@ def test_run_serves_and_stops_gracefully_on_sigterm(pg, tmp_path: Path) -> None:
     assert not any(f in out + err for f in SENTINEL_FORMS)
 
 
+def _demo_dir(out: str) -> Path:
+    """The cluster dir the demo printed ("data in /tmp/dbwatch-pg-…"); other tests' clusters are not ours."""
+    m = re.search(r"data in (\S+)", out)
+    assert m, out
+    return Path(m.group(1))
+
+
+def _assert_cleaned(datadir: Path) -> None:
+    assert not datadir.exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(datadir) not in ps
+
+
 def test_demo_runs_and_cleans_up() -> None:
     """`dbwatch demo --duration` starts a cluster, reports live figures, and leaves no data dir or server."""
-    before = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
     proc = run_cli("demo", "--duration", "4", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}", timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert "/metrics" in proc.stdout
     assert "demo             up=1" in proc.stdout
     assert "database_missing=" in proc.stdout
-    after = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
-    assert after <= before
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    leftover = [p for p in after - before if p in ps]
-    assert not leftover
+    _assert_cleaned(_demo_dir(proc.stdout))
 
 
 def test_demo_cleans_up_on_sigterm() -> None:
     """SIGTERM while the demo runs: exit 0, cluster and temp dir gone."""
-    before = {p.name for p in Path("/tmp").glob("dbwatch-pg-*")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dbwatch", "demo", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}"],
         stdout=subprocess.PIPE,
@@ -120,4 +128,4 @@ def test_demo_cleans_up_on_sigterm() -> None:
     sys.stderr.write(err)
     assert proc.returncode == 0
     assert "cluster removed" in out
-    assert {p.name for p in Path("/tmp").glob("dbwatch-pg-*")} <= before
+    _assert_cleaned(_demo_dir("".join(lines)))

@@ -13,12 +13,14 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from dbwatch.collectors import COLLECTORS, defaults_for
 from dbwatch.hook import wire
 from dbwatch.secret import DSN, REDACTED, DSNError, Secret
 
 __all__ = [
     "DEFAULT_LISTEN",
     "AccessConfig",
+    "CollectConfig",
     "Config",
     "ConfigError",
     "HookConfig",
@@ -32,7 +34,8 @@ __all__ = [
 
 DEFAULT_PORT: Final = 9839
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)  # noqa: S104 - a sidecar is scraped from outside its pod
-TARGET_KINDS: Final = ("postgres", "http_login")
+TARGET_KINDS: Final = ("postgres", "http_login", "pgbouncer")
+DEFAULT_MAX_LABEL_VALUES: Final = 20
 HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH")
 BODY_ENCODINGS: Final = ("json", "form")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -102,6 +105,16 @@ class LoginCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectConfig:
+    """Server-side collection for one target over its persistent monitoring connection."""
+
+    collectors: tuple[str, ...] = ()
+    interval: float = 15.0
+    budget: float = 5.0
+    max_label_values: int = DEFAULT_MAX_LABEL_VALUES
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One monitored database, named by the user; the name is its `target` label."""
 
@@ -113,6 +126,7 @@ class Target:
     critical: bool = True
     stale_after: float = 35.0
     login: LoginCheck | None = None  # set for kind http_login (whose dsn is empty)
+    collect: CollectConfig = field(default_factory=CollectConfig)  # none for http_login
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +175,21 @@ class Config:
                     "timeout": t.timeout,
                     "critical": t.critical,
                     "stale_after": t.stale_after,
+                    **({} if t.login is not None else {"collect": _redacted_collect(t.collect)}),
                 }
                 for t in self.targets
             ],
             **({"hook": _hook_redacted(self.hook)} if self.hook else {}),
         }
+
+
+def _redacted_collect(c: CollectConfig) -> dict[str, Any]:
+    return {
+        "collectors": list(c.collectors),
+        "interval": c.interval,
+        "budget": c.budget,
+        "max_label_values": c.max_label_values,
+    }
 
 
 def _redacted_login(c: LoginCheck) -> dict[str, Any]:
@@ -366,6 +390,7 @@ _TARGET_KEYS: Final = (
     "sslrootcert",
     "sslcert",
     "sslkey",
+    "collect",
 )
 # Keys of an http_login target (instead of the DSN and libpq TLS keys).
 _LOGIN_KEYS: Final = (
@@ -406,6 +431,7 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
     for key in ("sslrootcert", "sslcert", "sslkey"):
         if tls[key] and not os.access(tls[key], os.R_OK):
             raise ConfigError(f"{path}.{key}: cannot read {tls[key]}")
+    collect = _collect(node.take("collect", lambda v, p: v, {}), f"{path}.collect", kind, interval, timeout)
     node.done()
     return Target(
         name=name,
@@ -415,7 +441,42 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         timeout=timeout,
         critical=critical,
         stale_after=stale_after,
+        collect=collect,
     )
+
+
+def _positive_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected a whole number, got {_typename(value)}")
+    if value < 1:
+        raise ConfigError(f"{path}: must be >= 1")
+    return value
+
+
+def _names(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list, got {_typename(value)}")
+    return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) -> CollectConfig:
+    node = _Node(raw, path).only("collectors", "interval", "budget", "max_label_values")
+    names = node.take("collectors", _names, defaults_for(kind))
+    for i, name in enumerate(names):
+        cls = COLLECTORS.get(name)
+        if cls is None:
+            raise ConfigError(f"{path}.collectors[{i}]: unknown collector {name!r} (known: {', '.join(COLLECTORS)})")
+        if cls.kind != kind:
+            raise ConfigError(f"{path}.collectors[{i}]: {name} reads a {cls.kind} target, not {kind}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}.collectors: a collector is listed twice")
+    c_interval = node.take("interval", _duration, interval)
+    budget = node.take("budget", _duration, min(timeout, c_interval))
+    if budget > c_interval:
+        raise ConfigError(f"{path}.budget: must not exceed the collection interval ({c_interval:g}s)")
+    cap = node.take("max_label_values", _positive_int, DEFAULT_MAX_LABEL_VALUES)
+    node.done()
+    return CollectConfig(collectors=names, interval=c_interval, budget=budget, max_label_values=cap)
 
 
 def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float]:

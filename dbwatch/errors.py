@@ -9,6 +9,7 @@ import ssl
 from enum import StrEnum
 
 import asyncpg
+import psycopg
 
 __all__ = ["Reason", "classify"]
 
@@ -80,4 +81,41 @@ def _classify_one(exc: BaseException) -> Reason:
             return Reason.TOO_MANY_CONNECTIONS
     if isinstance(exc, ConnectionError) and "SSL" in str(exc):
         return Reason.SSL
+    if isinstance(exc, psycopg.Error):
+        return _classify_psycopg(exc)
+    return Reason.OTHER
+
+
+# libpq reports connection failures as text only (no SQLSTATE); these are its stable phrases.
+_LIBPQ_PHRASES = (
+    ("password authentication failed", Reason.AUTH_FAILED),
+    ("no such user", Reason.AUTH_FAILED),
+    ('role "', Reason.AUTH_FAILED),
+    ("no pg_hba.conf entry", Reason.AUTH_FAILED),
+    ("too many connections", Reason.TOO_MANY_CONNECTIONS),
+    ("no more connections allowed", Reason.TOO_MANY_CONNECTIONS),
+    ("does not exist", Reason.DATABASE_MISSING),
+    ("no such database", Reason.DATABASE_MISSING),
+    ("connection refused", Reason.REFUSED),
+    ("could not translate host name", Reason.DNS),
+    ("timeout expired", Reason.TIMEOUT),
+    ("ssl", Reason.SSL),
+    ("shutting down", Reason.SHUTTING_DOWN),
+    ("starting up", Reason.STARTING_UP),
+)
+
+
+def _classify_psycopg(exc: psycopg.Error) -> Reason:
+    """psycopg (pgbouncer's console): by SQLSTATE when the server sent one, else by libpq's message."""
+    sqlstate = exc.sqlstate or ""
+    if sqlstate.startswith("28"):
+        return Reason.AUTH_FAILED
+    if sqlstate == "53300":
+        return Reason.TOO_MANY_CONNECTIONS
+    if sqlstate == "3D000":
+        return Reason.DATABASE_MISSING
+    msg = str(exc).lower()
+    for phrase, reason in _LIBPQ_PHRASES:
+        if phrase in msg:
+            return reason
     return Reason.OTHER

@@ -275,4 +275,216 @@ HOOK_DATAGRAMS = MetricSpec(
     ("result",),
 )
 
+# --- sessions (dbwatch/collectors/, dbwatch/monconn.py) -----------------------------------
+MONITOR_UP = MetricSpec(
+    "dbwatch_monitor_connection_up",
+    MetricType.GAUGE,
+    "1 while dbwatch's persistent monitoring connection to the target is open, else 0.",
+    ("target",),
+)
+MONITOR_ATTEMPTS = MetricSpec(
+    "dbwatch_monitor_connection_attempts",
+    MetricType.COUNTER,
+    "Attempts to open the monitoring connection, by result (ok or a failure reason).",
+    ("target", "result"),
+)
+MONITOR_LOST = MetricSpec(
+    "dbwatch_monitor_connection_lost",
+    MetricType.COUNTER,
+    "Times the open monitoring connection was lost (terminated, server restart, network).",
+    ("target",),
+)
+MONITOR_BACKOFF = MetricSpec(
+    "dbwatch_monitor_connection_backoff_seconds",
+    MetricType.GAUGE,
+    "Wait before the next attempt to reopen the monitoring connection; 0 while connected.",
+    ("target",),
+)
+PG_SESSIONS = MetricSpec(
+    "dbwatch_pg_sessions",
+    MetricType.GAUGE,
+    "Server sessions from pg_stat_activity; standard client states are reported at 0; NULL columns are ''.",
+    ("target", "datname", "usename", "application_name", "state", "backend_type"),
+)
+PG_WAITING_SESSIONS = MetricSpec(
+    "dbwatch_pg_waiting_sessions",
+    MetricType.GAUGE,
+    "Active sessions waiting on an event, by wait_event_type.",
+    ("target", "datname", "wait_event_type"),
+)
+PG_BLOCKED_SESSIONS = MetricSpec(
+    "dbwatch_pg_blocked_sessions",
+    MetricType.GAUGE,
+    "Sessions waiting on a lock held by another backend.",
+    ("target", "datname"),
+)
+PG_OLDEST_BLOCKED_WAIT = MetricSpec(
+    "dbwatch_pg_oldest_blocked_wait_seconds",
+    MetricType.GAUGE,
+    "Age of the oldest lock wait of a blocked session; 0 when none.",
+    ("target", "datname"),
+)
+PG_OLDEST_TRANSACTION = MetricSpec(
+    "dbwatch_pg_oldest_transaction_seconds",
+    MetricType.GAUGE,
+    "Age of the oldest open transaction; 0 when none.",
+    ("target", "datname"),
+)
+PG_OLDEST_IDLE_IN_TRANSACTION = MetricSpec(
+    "dbwatch_pg_oldest_idle_in_transaction_seconds",
+    MetricType.GAUGE,
+    "Time the oldest 'idle in transaction' session has spent in that state; 0 when none.",
+    ("target", "datname"),
+)
+PG_OLDEST_ACTIVE_QUERY = MetricSpec(
+    "dbwatch_pg_oldest_active_query_seconds",
+    MetricType.GAUGE,
+    "Age of the oldest running query (dbwatch's own excluded); 0 when none.",
+    ("target", "datname"),
+)
+PG_TOP_SESSION_AGE = MetricSpec(
+    "dbwatch_pg_top_session_age_seconds",
+    MetricType.GAUGE,
+    "The few oldest sessions per kind of age (transaction, idle_in_transaction, active_query, blocked_wait).",
+    ("target", "age", "rank", "datname", "usename", "application_name", "client_addr"),
+)
+PG_CONNECTIONS_USED_RATIO = MetricSpec(
+    "dbwatch_pg_connections_used_ratio",
+    MetricType.GAUGE,
+    "Client backends / (max_connections - superuser_reserved_connections - reserved_connections).",
+    ("target",),
+)
+PG_SETTING = MetricSpec(
+    "dbwatch_pg_setting",
+    MetricType.GAUGE,
+    "Server settings that bound sessions, in base units (timeouts in seconds; 0 means disabled).",
+    ("target", "name"),
+)
+PG_FOLDED_LABEL_VALUES = MetricSpec(
+    "dbwatch_pg_folded_label_values",
+    MetricType.GAUGE,
+    "Distinct usename/application_name values folded into __other__ by the cardinality cap, last collection.",
+    ("target", "label"),
+)
+PG_DATABASE_XACT_COMMIT = MetricSpec(
+    "dbwatch_pg_database_xact_commit",
+    MetricType.COUNTER,
+    "Committed transactions (pg_stat_database).",
+    ("target", "datname"),
+)
+PG_DATABASE_XACT_ROLLBACK = MetricSpec(
+    "dbwatch_pg_database_xact_rollback",
+    MetricType.COUNTER,
+    "Rolled back transactions (pg_stat_database).",
+    ("target", "datname"),
+)
+PG_DATABASE_DEADLOCKS = MetricSpec(
+    "dbwatch_pg_database_deadlocks", MetricType.COUNTER, "Deadlocks detected (pg_stat_database).", ("target", "datname")
+)
+PG_DATABASE_CONFLICTS = MetricSpec(
+    "dbwatch_pg_database_conflicts",
+    MetricType.COUNTER,
+    "Queries cancelled by recovery conflicts (pg_stat_database).",
+    ("target", "datname"),
+)
+PG_DATABASE_TEMP_FILES = MetricSpec(
+    "dbwatch_pg_database_temp_files",
+    MetricType.COUNTER,
+    "Temporary files created (pg_stat_database).",
+    ("target", "datname"),
+)
+PG_DATABASE_TEMP_BYTES = MetricSpec(
+    "dbwatch_pg_database_temp_bytes",
+    MetricType.COUNTER,
+    "Bytes written to temporary files (pg_stat_database).",
+    ("target", "datname"),
+)
+PG_DATABASE_BLKS_HIT = MetricSpec(
+    "dbwatch_pg_database_blks_hit", MetricType.COUNTER, "Buffer cache hits (pg_stat_database).", ("target", "datname")
+)
+PG_DATABASE_BLKS_READ = MetricSpec(
+    "dbwatch_pg_database_blks_read",
+    MetricType.COUNTER,
+    "Blocks read from disk or OS cache (pg_stat_database).",
+    ("target", "datname"),
+)
+PGBOUNCER_CLIENTS = MetricSpec(
+    "dbwatch_pgbouncer_pool_client_connections",
+    MetricType.GAUGE,
+    "Client connections per pool by state (SHOW POOLS cl_*: active, waiting, ...).",
+    ("target", "database", "user", "state"),
+)
+PGBOUNCER_SERVERS = MetricSpec(
+    "dbwatch_pgbouncer_pool_server_connections",
+    MetricType.GAUGE,
+    "Server connections per pool by state (SHOW POOLS sv_*: active, idle, used, tested, login, ...).",
+    ("target", "database", "user", "state"),
+)
+PGBOUNCER_MAXWAIT = MetricSpec(
+    "dbwatch_pgbouncer_pool_maxwait_seconds",
+    MetricType.GAUGE,
+    "How long the oldest waiting client of the pool has waited (SHOW POOLS maxwait).",
+    ("target", "database", "user"),
+)
+PGBOUNCER_TRANSACTIONS = MetricSpec(
+    "dbwatch_pgbouncer_transactions",
+    MetricType.COUNTER,
+    "Transactions pooled (SHOW STATS total_xact_count).",
+    ("target", "database"),
+)
+PGBOUNCER_QUERIES = MetricSpec(
+    "dbwatch_pgbouncer_queries",
+    MetricType.COUNTER,
+    "Queries pooled (SHOW STATS total_query_count).",
+    ("target", "database"),
+)
+PGBOUNCER_RECEIVED_BYTES = MetricSpec(
+    "dbwatch_pgbouncer_received_bytes",
+    MetricType.COUNTER,
+    "Bytes received from clients (SHOW STATS total_received).",
+    ("target", "database"),
+)
+PGBOUNCER_SENT_BYTES = MetricSpec(
+    "dbwatch_pgbouncer_sent_bytes",
+    MetricType.COUNTER,
+    "Bytes sent to clients (SHOW STATS total_sent).",
+    ("target", "database"),
+)
+PGBOUNCER_XACT_TIME = MetricSpec(
+    "dbwatch_pgbouncer_xact_time_seconds",
+    MetricType.COUNTER,
+    "Time spent in transactions (SHOW STATS total_xact_time).",
+    ("target", "database"),
+)
+PGBOUNCER_QUERY_TIME = MetricSpec(
+    "dbwatch_pgbouncer_query_time_seconds",
+    MetricType.COUNTER,
+    "Time spent in queries (SHOW STATS total_query_time).",
+    ("target", "database"),
+)
+PGBOUNCER_WAIT_TIME = MetricSpec(
+    "dbwatch_pgbouncer_wait_time_seconds",
+    MetricType.COUNTER,
+    "Time clients spent waiting for a server (SHOW STATS total_wait_time).",
+    ("target", "database"),
+)
+PGBOUNCER_AVG_XACT_TIME = MetricSpec(
+    "dbwatch_pgbouncer_avg_xact_time_seconds",
+    MetricType.GAUGE,
+    "Average transaction time over pgbouncer's last stats period (SHOW STATS avg_xact_time).",
+    ("target", "database"),
+)
+PGBOUNCER_AVG_QUERY_TIME = MetricSpec(
+    "dbwatch_pgbouncer_avg_query_time_seconds",
+    MetricType.GAUGE,
+    "Average query time over pgbouncer's last stats period (SHOW STATS avg_query_time).",
+    ("target", "database"),
+)
+PGBOUNCER_AVG_WAIT_TIME = MetricSpec(
+    "dbwatch_pgbouncer_avg_wait_time_seconds",
+    MetricType.GAUGE,
+    "Average client wait time over pgbouncer's last stats period (SHOW STATS avg_wait_time).",
+    ("target", "database"),
+)
+
 ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))

@@ -14,8 +14,10 @@ from prometheus_client.exposition import choose_encoder
 
 from dbwatch import __version__
 from dbwatch import metrics as m
+from dbwatch.collectors.job import collector_jobs
 from dbwatch.config import Config
 from dbwatch.ingest import Ingest, running_ingest
+from dbwatch.monconn import Monitors
 from dbwatch.probes import ProbeJob
 from dbwatch.scheduler import Job, Scheduler
 from dbwatch.store import Store, StoreCollector
@@ -39,9 +41,11 @@ def build_registry(store: Store) -> CollectorRegistry:
     return registry
 
 
-def build_jobs(config: Config, store: Store) -> list[Job]:
-    """Every scheduled job the config asks for."""
-    return [ProbeJob(t, store) for t in config.targets]
+def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -> list[Job]:
+    """Every scheduled job the config asks for; collectors share one monitoring connection per target."""
+    jobs: list[Job] = [ProbeJob(t, store) for t in config.targets]
+    jobs += collector_jobs(config.targets, store, monitors or Monitors(store))
+    return jobs
 
 
 def build_app(
@@ -49,7 +53,8 @@ def build_app(
 ) -> web.Application:
     """The aiohttp app; its cleanup context starts the scheduler and stops it on shutdown."""
     store = store or Store()
-    scheduler = Scheduler(store, build_jobs(config, store), jitter=jitter)
+    monitors = Monitors(store)
+    scheduler = Scheduler(store, build_jobs(config, store, monitors), jitter=jitter)
     # Basic auth and client certificates from --web.config.file guard every route (health ones optionally open).
     app = web.Application(middlewares=[web_config.middleware()] if web_config else [])
     app[STORE] = store
@@ -60,6 +65,7 @@ def build_app(
         scheduler.start()
         yield
         await scheduler.stop()
+        await monitors.close()
 
     app.cleanup_ctx.append(run_scheduler)
     hook_config = config.hook

@@ -13,6 +13,8 @@ from dbwatch.config import Target
 from dbwatch.errors import Reason, classify
 from dbwatch.probes.http_login import PHASES as LOGIN_PHASES
 from dbwatch.probes.http_login import HttpLoginProbe, LoginReason, classify_login
+from dbwatch.probes.pgbouncer import PHASES as PGBOUNCER_PHASES
+from dbwatch.probes.pgbouncer import probe_pgbouncer
 from dbwatch.probes.postgres import PHASES as PG_PHASES
 from dbwatch.probes.postgres import probe_postgres
 from dbwatch.store import Store, TargetStatus
@@ -38,6 +40,7 @@ class Kind(NamedTuple):
 KINDS: dict[str, Kind] = {
     "postgres": Kind(lambda t: probe_postgres, PG_PHASES, Reason, classify),
     "http_login": Kind(HttpLoginProbe, LOGIN_PHASES, LoginReason, classify_login),
+    "pgbouncer": Kind(lambda t: probe_pgbouncer, PGBOUNCER_PHASES, Reason, classify),
 }
 
 

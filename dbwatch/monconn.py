@@ -1,0 +1,203 @@
+"""The one persistent monitoring connection per target, shared by its collectors; reopened with backoff.
+
+Collectors take turns on it (a lock), so however many collections or scrapes happen at once, dbwatch holds at
+most one monitoring session per target. Because it stays open, dbwatch keeps reporting sessions while the server
+refuses new connections (`max_connections` reached). On PostgreSQL the session runs with a short `lock_timeout`
+(set in the startup packet, so no extra statement) and every query with a client-side timeout that cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import asyncpg
+import psycopg
+import structlog
+
+from dbwatch import metrics as m
+from dbwatch.config import Target
+from dbwatch.errors import Reason, classify
+from dbwatch.probes.pgbouncer import connect_pgbouncer
+from dbwatch.probes.postgres import connect_kwargs
+from dbwatch.store import Store
+
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "MonitorConnection", "MonitorDown", "Monitors", "session_settings"]
+
+log = structlog.get_logger("dbwatch.monconn")
+
+# First wait after a failed attempt; doubles per failure (with ±20 % jitter) up to BACKOFF_MAX.
+BACKOFF_START: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+
+
+class MonitorDown(ConnectionError):
+    """The monitoring connection is closed and the next attempt is not due yet; the cause is the last failure."""
+
+
+def session_settings(target: Target) -> dict[str, str]:
+    """Startup settings of the PostgreSQL monitoring session.
+
+    `lock_timeout` makes the server itself give up a collection stuck behind a lock (a lock storm), so dbwatch never
+    queues behind one. The statement limit is the collection budget, enforced by a protocol cancel from the client
+    side (asyncpg's query timeout): overriding `statement_timeout` in the session would hide the server's own value,
+    which the pg_activity collector reports.
+    """
+    budget_ms = max(1, int(target.collect.budget * 1000))
+    return {"lock_timeout": str(max(1, budget_ms // 2))}
+
+
+async def _connect_postgres(target: Target, timeout: float) -> Any:
+    return await asyncpg.connect(**connect_kwargs(target, timeout, settings=session_settings(target)))
+
+
+# Errors after which the session is still in a known state: the server answered, or a timeout cancelled the query.
+_KEEPS_CONNECTION: Final = (asyncpg.PostgresError, psycopg.Error, TimeoutError, asyncio.CancelledError)
+
+
+def _abort(conn: Any) -> None:
+    if isinstance(conn, psycopg.AsyncConnection):
+        conn.pgconn.finish()
+    else:
+        conn.terminate()
+
+
+def _is_closed(conn: Any) -> bool:
+    if isinstance(conn, psycopg.AsyncConnection):
+        return bool(conn.closed or conn.broken)
+    return bool(conn.is_closed())
+
+
+async def _close(conn: Any, timeout: float) -> None:
+    if isinstance(conn, psycopg.AsyncConnection):
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.close()
+        return
+    try:
+        await conn.close(timeout=timeout)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        conn.terminate()
+
+
+_CONNECTORS: Final[dict[str, Callable[[Target, float], Awaitable[Any]]]] = {
+    "postgres": _connect_postgres,
+    "pgbouncer": connect_pgbouncer,
+}
+
+
+class MonitorConnection:
+    """One target's monitoring connection: opened on first use, shared under a lock, reopened with backoff."""
+
+    def __init__(self, target: Target, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self._target = target
+        self._store = store
+        self._clock = clock
+        self._connect = _CONNECTORS[target.kind]
+        self._lock = asyncio.Lock()
+        self._conn: Any = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._last_error: BaseException | None = None
+        self._ever_connected = False
+        self.name = target.name
+        self._source = ("monitor", target.name)
+        store.set(self._source, m.MONITOR_UP, (self.name,), 0.0)
+        store.set(self._source, m.MONITOR_BACKOFF, (self.name,), 0.0)
+        store.inc(m.MONITOR_LOST, (self.name,), 0)
+        for result in ("ok", *(r.value for r in Reason)):
+            store.inc(m.MONITOR_ATTEMPTS, (self.name, result), 0)
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Any]:
+        """Hold the connection for one collection; a connection found broken afterwards is dropped."""
+        async with self._lock:
+            conn = await self._ensure()
+            try:
+                yield conn
+            except _KEEPS_CONNECTION:
+                raise
+            except BaseException:
+                # Anything else (a protocol or client error) leaves the session in an unknown state: drop it.
+                _abort(conn)
+                raise
+            finally:
+                if _is_closed(conn):
+                    self._lost()
+
+    async def _ensure(self) -> Any:
+        if self._conn is not None and not _is_closed(self._conn):
+            return self._conn
+        if self._conn is not None:
+            self._lost()
+        now = self._clock()
+        if now < self._next_attempt:
+            raise MonitorDown("monitoring connection down; next attempt pending") from self._last_error
+        try:
+            conn = await self._connect(self._target, self._target.collect.budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._conn = conn
+        self._store.inc(m.MONITOR_ATTEMPTS, (self.name, "ok"))
+        self._store.set(self._source, m.MONITOR_UP, (self.name,), 1.0)
+        self._store.set(self._source, m.MONITOR_BACKOFF, (self.name,), 0.0)
+        log.info(
+            "monitor_reconnected" if self._ever_connected else "monitor_connected",
+            target=self.name,
+            failed_attempts=self._failures,
+        )
+        self._failures = 0
+        self._last_error = None
+        self._ever_connected = True
+        return conn
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = classify(exc)
+        self._failures += 1
+        wait = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+        self._next_attempt = self._clock() + wait
+        self._last_error = exc
+        self._store.inc(m.MONITOR_ATTEMPTS, (self.name, reason.value))
+        self._store.set(self._source, m.MONITOR_BACKOFF, (self.name,), round(wait, 3))
+        if self._failures == 1:
+            log.warning("monitor_connect_failed", target=self.name, reason=str(reason), error=type(exc).__name__)
+
+    def _lost(self) -> None:
+        if self._conn is None:
+            return
+        self._conn = None
+        self._store.inc(m.MONITOR_LOST, (self.name,))
+        self._store.set(self._source, m.MONITOR_UP, (self.name,), 0.0)
+        log.warning("monitor_connection_lost", target=self.name)
+
+    async def close(self) -> None:
+        """Close the connection (at shutdown)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not _is_closed(conn):
+            await _close(conn, 2.0)
+        self._store.set(self._source, m.MONITOR_UP, (self.name,), 0.0)
+
+
+class Monitors:
+    """The monitoring connections of all targets; the server closes them on shutdown."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._by_target: dict[str, MonitorConnection] = {}
+
+    def get(self, target: Target) -> MonitorConnection:
+        """The target's one connection (created on first ask)."""
+        mc = self._by_target.get(target.name)
+        if mc is None:
+            mc = self._by_target[target.name] = MonitorConnection(target, self._store)
+        return mc
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await asyncio.gather(*(mc.close() for mc in self._by_target.values()))

@@ -1,0 +1,57 @@
+"""pgbouncer probe: a fresh connection to the admin console, `SHOW VERSION`, close, timed by phase.
+
+The console speaks only the simple query protocol and rejects `BEGIN`, so this uses psycopg in autocommit mode
+(it sends a parameterless statement as a simple Query); asyncpg can connect but always fetches rows with the
+extended protocol, which the console refuses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import psycopg
+
+from dbwatch.config import Target
+from dbwatch.probes.postgres import APPLICATION_NAME
+
+__all__ = ["PHASES", "connect_pgbouncer", "probe_pgbouncer"]
+
+# startup: TCP connect, TLS and authentication together (libpq does them in one call).
+PHASES: Final = ("startup", "query")
+
+
+async def connect_pgbouncer(target: Target, timeout: float) -> psycopg.AsyncConnection[Any]:
+    """An autocommit psycopg connection to the admin console; the password is revealed only here."""
+    dsn = target.dsn
+    kwargs: dict[str, Any] = {
+        "host": dsn.host,
+        "port": dsn.port,
+        "user": dsn.user,
+        "dbname": dsn.database or "pgbouncer",
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": max(1, round(timeout)),
+        "sslmode": dsn.param("sslmode"),
+        "sslrootcert": dsn.param("sslrootcert"),
+        "sslcert": dsn.param("sslcert"),
+        "sslkey": dsn.param("sslkey"),
+    }
+    if dsn.password:
+        kwargs["password"] = dsn.password.reveal()
+    return await psycopg.AsyncConnection.connect(
+        autocommit=True, prepare_threshold=None, **{k: v for k, v in kwargs.items() if v is not None}
+    )
+
+
+async def probe_pgbouncer(target: Target, timeout: float) -> dict[str, float]:
+    """Connect, `SHOW VERSION`, close; seconds per phase."""
+    t0 = time.perf_counter()
+    conn = await connect_pgbouncer(target, timeout)
+    t1 = time.perf_counter()
+    try:
+        cur = await conn.execute("SHOW VERSION", prepare=False)
+        await cur.fetchall()
+        t2 = time.perf_counter()
+    finally:
+        await conn.close()
+    return {"startup": t1 - t0, "query": t2 - t1}

@@ -88,7 +88,7 @@ def _classify_one(exc: BaseException) -> Reason:
 
 # libpq reports connection failures as text only (no SQLSTATE); these are its stable phrases.
 _LIBPQ_PHRASES = (
-    ("password authentication failed", Reason.AUTH_FAILED),
+    ("authentication failed", Reason.AUTH_FAILED),  # password, SASL (pgbouncer), ident, peer
     ("no such user", Reason.AUTH_FAILED),
     ('role "', Reason.AUTH_FAILED),
     ("no pg_hba.conf entry", Reason.AUTH_FAILED),

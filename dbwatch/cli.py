@@ -1,4 +1,4 @@
-"""Command line: run | check-config | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
+"""Command line: run | check-config | rules | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
 
 from __future__ import annotations
 
@@ -46,6 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("config", metavar="FILE", help="YAML config file")
     chk.add_argument("--web.config.file", dest="web_config_file", metavar="FILE", help="also validate a web config")
 
+    rules = sub.add_parser(
+        "rules",
+        help="generate SLO recording and alerting rules",
+        description="Generate Prometheus recording rules and multi-window, multi-burn-rate alerts from the config's "
+        "slos:, as a rule file and as a prometheus-operator PrometheusRule. Without --out, print the rule file.",
+    )
+    rules.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file with slos:")
+    rules.add_argument(
+        "--out", metavar="DIR", help="write dbwatch-slo.rules.yml and dbwatch-slo.prometheusrule.yaml there"
+    )
+    rules.add_argument(
+        "--check", action="store_true", help="with --out: change nothing, exit 1 if the files there are out of date"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="run against a throwaway local PostgreSQL",
@@ -71,6 +85,28 @@ def _load(path: str, listen: str | None = None) -> Config:
 
         config = replace(config, listen=parse_listen(listen, "--listen"))
     return config
+
+
+def _rules(path: str, out: str | None, check: bool) -> int:
+    from pathlib import Path
+
+    from dbwatch import rules
+
+    config = _load(path)
+    if not config.slos:
+        raise ConfigError(f"{path}: no slos: to generate rules from")
+    if out is None:
+        if check:
+            raise ConfigError("--check needs --out DIR")
+        sys.stdout.write(rules.render({"groups": rules.slo_groups(config)}, path))
+        return EXIT_OK
+    stale = rules.write(config, path, Path(out), check=check)
+    for p in stale:
+        sys.stdout.write(f"{'out of date' if check else 'wrote'}: {p}\n")
+    if check and stale:
+        sys.stderr.write(f"dbwatch: rules in {out} are out of date; run: dbwatch rules --config {path} --out {out}\n")
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             asyncio.run(serve(config, web_config=web_config))
             return EXIT_OK
+        if args.command == "rules":
+            return _rules(args.config, args.out, args.check)
         if args.command == "demo":
             from dbwatch.demo import run_demo
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -13,12 +14,14 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from dbwatch import metrics
 from dbwatch.collectors import COLLECTORS, defaults_for
 from dbwatch.hook import wire
 from dbwatch.secret import DSN, REDACTED, DSNError, Secret
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "SLO",
     "AccessConfig",
     "CollectConfig",
     "Config",
@@ -27,6 +30,7 @@ __all__ = [
     "LogConfig",
     "LoginCheck",
     "Target",
+    "Window",
     "access_config",
     "load",
     "parse_duration",
@@ -43,8 +47,8 @@ LOG_FORMATS: Final = ("json", "console")
 SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class ConfigError(ValueError):
@@ -144,6 +148,50 @@ class HookConfig:
     max_label_values: int = 50
 
 
+SLI_KINDS: Final = ("availability", "latency")
+SLI_FROM: Final = ("access", "probe")
+SEVERITIES: Final = ("page", "ticket")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One multi-window burn-rate alert: both windows over `burn_rate` times the budget, for `for_`."""
+
+    long: float
+    short: float
+    burn_rate: float
+    severity: str
+    for_: float = 0.0
+
+
+# The SRE workbook's multiwindow, multi-burn-rate table (chapter 5, "Alerting on SLOs").
+DEFAULT_WINDOWS: Final = (
+    Window(3600, 300, 14.4, "page", 120),
+    Window(21600, 1800, 6.0, "page", 900),
+    Window(86400, 7200, 3.0, "ticket", 3600),
+    Window(259200, 21600, 1.0, "ticket", 10800),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """A service-level objective `dbwatch rules` turns into recording and burn-rate alerting rules."""
+
+    name: str
+    sli: str  # availability | latency
+    source: str  # access (the access-log histogram) | probe (a login probe target)
+    objective: float  # ratio, e.g. 0.99
+    threshold: float | None = None  # latency: seconds, a bucket boundary
+    log_source: str | None = None  # access: the `source` label (a log source's name); None: any
+    route: str | None = None  # access: the route template
+    method: str | None = None  # access: the method
+    target: str | None = None  # probe: the probed target; access: the database the path depends on (inhibition)
+    period: float = 30 * 86400.0
+    min_events: int = 30  # fewer requests than this in a long window never page
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS
+    description: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
@@ -152,6 +200,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     targets: tuple[Target, ...] = ()
     hook: HookConfig | None = None
+    slos: tuple[SLO, ...] = ()
 
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
@@ -746,9 +795,130 @@ def _hook(raw: Any, path: str) -> HookConfig:
     return hook
 
 
+_SLO_KEYS: Final = (
+    "name",
+    "sli",
+    "from",
+    "objective",
+    "threshold",
+    "source",
+    "route",
+    "method",
+    "target",
+    "period",
+    "min_events",
+    "windows",
+    "description",
+)
+
+
+def _objective(value: Any, path: str) -> float:
+    """`99`, `99.9`, `"99.9%"` (percent) or `0.999` (ratio) into a ratio strictly between 0 and 1."""
+    text = value.strip().removesuffix("%") if isinstance(value, str) else value
+    try:
+        number = float(text) if not isinstance(text, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    ratio = number / 100 if number >= 1 else number
+    if not 0 < ratio < 1:
+        raise ConfigError(f"{path}: expected a percentage like 99.9 (or a ratio like 0.999), below 100")
+    return round(ratio, 10)
+
+
+def _count(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: expected a whole number >= 0")
+    return value
+
+
+def _windows(value: Any, path: str) -> tuple[Window, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: expected a list of {{long, short, burn_rate, severity, for}}")
+    out: list[Window] = []
+    for i, raw in enumerate(value):
+        node = _Node(raw, f"{path}[{i}]").only("long", "short", "burn_rate", "severity", "for")
+        for key in ("long", "short", "burn_rate", "severity"):
+            if not node.has(key):
+                raise ConfigError(f"{path}[{i}].{key}: missing")
+        long = node.take("long", _duration, 0.0)
+        short = node.take("short", _duration, 0.0)
+        rate = node.take("burn_rate", lambda v, p: v, 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ConfigError(f"{path}[{i}].burn_rate: expected a number > 0")
+        severity = node.take("severity", _choice(SEVERITIES), "page")
+        for_ = node.take("for", lambda v, p: 0.0 if v in (0, "0", "0s") else _duration(v, p), 0.0)
+        node.done()
+        if short >= long:
+            raise ConfigError(f"{path}[{i}].short: must be shorter than long")
+        out.append(Window(long, short, float(rate), severity, for_))
+    return tuple(out)
+
+
+def _slo(raw: Any, path: str, targets: dict[str, Target]) -> SLO:
+    node = _Node(raw, path).only(*_SLO_KEYS)
+    for key in ("name", "sli", "from", "objective"):
+        if not node.has(key):
+            raise ConfigError(f"{path}.{key}: missing")
+    name = node.take("name", _str, "")
+    if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", name):
+        raise ConfigError(f"{path}.name: use 1-63 lower-case letters, digits, '_' or '-'")
+    sli = node.take("sli", _choice(SLI_KINDS), "availability")
+    source = node.take("from", _choice(SLI_FROM), "access")
+    objective = node.take("objective", _objective, 0.99)
+    threshold = node.take("threshold", _duration, 0.0) or None
+    if sli == "latency" and threshold is None:
+        raise ConfigError(f"{path}.threshold: missing (a latency SLO counts requests faster than it)")
+    if sli == "availability" and threshold is not None:
+        raise ConfigError(f"{path}.threshold: only for sli: latency")
+    log_source = node.take("source", _str, "") or None
+    route = node.take("route", _str, "") or None
+    method = node.take("method", _choice(HTTP_METHODS), "") or None
+    target = node.take("target", _str, "") or None
+    if source == "probe":
+        for key, value in (("source", log_source), ("route", route), ("method", method)):
+            if value is not None:
+                raise ConfigError(f"{path}.{key}: only for from: access")
+        if target is None:
+            raise ConfigError(f"{path}.target: missing (the probe target whose results are the SLI)")
+    if target is not None and target not in targets:
+        raise ConfigError(f"{path}.target: no target named {target!r}")
+    if threshold is not None:
+        spec = metrics.HTTP_REQUEST_DURATION if source == "access" else metrics.PROBE_DURATION
+        if threshold not in spec.buckets:
+            bounds = ", ".join(f"{b:g}" for b in spec.buckets)
+            raise ConfigError(
+                f"{path}.threshold: {threshold:g}s is not a bucket boundary of {spec.name} ({bounds}); "
+                "a threshold between boundaries cannot be counted exactly"
+            )
+    period = node.take("period", _duration, 30 * 86400.0)
+    min_events = node.take("min_events", _count, 30)
+    default_windows: tuple[Window, ...] = DEFAULT_WINDOWS
+    windows = node.take("windows", _windows, default_windows)
+    for i, w in enumerate(windows):
+        if w.long > period:
+            raise ConfigError(f"{path}.windows[{i}].long: longer than the period")
+    description = node.take("description", _str, "")
+    node.done()
+    return SLO(
+        name=name,
+        sli=sli,
+        source=source,
+        objective=objective,
+        threshold=threshold,
+        log_source=log_source,
+        route=route,
+        method=method,
+        target=target,
+        period=period,
+        min_events=min_events,
+        windows=windows,
+        description=description,
+    )
+
+
 def from_mapping(raw: object) -> Config:
     """Validate already-parsed YAML into a Config."""
-    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets", "hook")
+    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets", "hook", "slos")
     listen = node.take("listen", _listen, DEFAULT_LISTEN)
     log_node = _Node(node.take("log", lambda v, p: v, {}), "log").only("level", "format")
     log = LogConfig(
@@ -772,8 +942,18 @@ def from_mapping(raw: object) -> Config:
         targets.append(t)
     raw_hook: object = node.take("hook", lambda v, p: v, None)
     hook = _hook(raw_hook, "hook") if raw_hook is not None else None
+    raw_slos: object = node.take("slos", lambda v, p: v, [])
+    if not isinstance(raw_slos, list):
+        raise ConfigError(f"slos: expected a list, got {_typename(raw_slos)}")
+    slos: list[SLO] = []
+    by_name = {t.name: t for t in targets}
+    for i, raw_s in enumerate(raw_slos):
+        slo = _slo(raw_s, f"slos[{i}]", by_name)
+        if any(o.name == slo.name for o in slos):
+            raise ConfigError(f"slos[{i}].name: duplicate name {slo.name!r}")
+        slos.append(slo)
     node.done()
-    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook)
+    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos))
 
 
 def read_yaml(path: str | Path, what: str = "config") -> object:

@@ -266,6 +266,7 @@ class AccessLog:
         self._nginx = compile_nginx(config.nginx_format or INGRESS_NGINX_DEFAULT)
         self._templates = [(t, _template_regex(t)) for t in config.routes]
         self._routes: set[str] = set()
+        self._pairs: set[tuple[str, str]] = set()
         for result in ("observed", "unmatched", "bad_value"):
             store.inc(m.HTTP_ACCESS_RECORDS, (source, result), 0)
 
@@ -279,7 +280,12 @@ class AccessLog:
         if req is None:
             self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "unmatched"))
             return False
-        labels = (self._source, self.route(req), _method(req.method), _status_class(req.status))
+        route, method = self.route(req), _method(req.method)
+        if (route, method) not in self._pairs:
+            # The 5xx series exists from the first request on, so rate() sees the first server error too.
+            self._pairs.add((route, method))
+            self._store.touch_histogram(m.HTTP_REQUEST_DURATION, (self._source, route, method, "5xx"))
+        labels = (self._source, route, method, _status_class(req.status))
         self._store.observe(m.HTTP_REQUEST_DURATION, labels, req.seconds)
         self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "observed"))
         return True

@@ -1,0 +1,244 @@
+"""SLO rules generated from the config's `slos:`: recording rules for error ratios, multi-window burn-rate alerts.
+
+What users of sloth and pyrra ask for, built in: the error ratio is 0 (never NaN) at zero traffic, a long window
+with fewer than `min_events` requests never alerts, every alert says which window pair fired (`window="1h/5m"`),
+and the Alertmanager example inhibits a slower pair while a faster one fires for the same SLO. A latency threshold
+must be a bucket boundary of the histogram read (config validation refuses any other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from dbwatch import metrics as m
+from dbwatch.config import SLO, Config, Target, Window
+
+__all__ = [
+    "ALERT",
+    "PROMETHEUSRULE_FILE",
+    "RULES_FILE",
+    "prom_duration",
+    "prometheus_rule",
+    "render",
+    "slo_groups",
+    "write",
+]
+
+ALERT: Final = "DbwatchSLOErrorBudgetBurn"
+RULES_FILE: Final = "dbwatch-slo.rules.yml"
+PROMETHEUSRULE_FILE: Final = "dbwatch-slo.prometheusrule.yaml"
+RULE_PREFIX: Final = "dbwatch:slo_"
+# The phase whose count is the number of successful probes, per probe kind.
+_SUCCESS_PHASE: Final = {"http_login": "total", "postgres": "query"}
+
+
+def prom_duration(seconds: float) -> str:
+    """A Prometheus duration (`30d`, `6h`, `5m`, `30s`, `500ms`) for a number of seconds."""
+    ms = round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _num(x: float) -> str:
+    return repr(round(x, 10)).removesuffix(".0") if float(x).is_integer() else repr(round(x, 10))
+
+
+def _selector(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ", ".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _le(bound: float) -> str:
+    """The `le` label exactly as dbwatch's exposition writes it (see store.py)."""
+    return repr(float(bound))
+
+
+class _SLI:
+    """The PromQL of one SLO's events: total and bad per window, as label-less sums."""
+
+    def __init__(self, slo: SLO, targets: dict[str, Target]) -> None:
+        self.slo = slo
+        if slo.source == "access":
+            pairs = [("source", slo.log_source), ("route", slo.route), ("method", slo.method)]
+            self._sel = [(k, v) for k, v in pairs if v is not None]
+            self._hist = m.HTTP_REQUEST_DURATION.name
+        else:
+            assert slo.target is not None  # config validation guarantees it
+            kind = targets[slo.target].kind
+            if slo.sli == "latency" and kind != "http_login":
+                raise ValueError(f"SLO {slo.name}: a probe latency SLO needs an http_login target")
+            self._sel = [("target", slo.target)]
+            self._hist = m.PROBE_DURATION.name
+            self._phase = _SUCCESS_PHASE[kind]
+
+    def _sum(self, fn: str, series: str, extra: Iterable[tuple[str, str]], w: str) -> str:
+        return f"sum({fn}({series}{_selector([*self._sel, *extra])}[{w}]))"
+
+    def total(self, w: str, fn: str = "rate") -> str:
+        if self.slo.source == "access":
+            return self._sum(fn, self._hist + "_count", (), w)
+        ok = self._sum(fn, self._hist + "_count", [("phase", self._phase)], w)
+        failed = self._sum(fn, m.PROBE_FAILURES.name + "_total", (), w)
+        return f"(({ok} or on() vector(0)) + ({failed} or on() vector(0)))"
+
+    def bad(self, w: str) -> str:
+        slo = self.slo
+        if slo.sli == "latency":
+            assert slo.threshold is not None
+            if slo.source == "access":
+                good = self._sum("rate", self._hist + "_bucket", [("le", _le(slo.threshold))], w)
+            else:
+                good = self._sum("rate", self._hist + "_bucket", [("phase", "total"), ("le", _le(slo.threshold))], w)
+            return f"({self.total(w)} - ({good} or on() vector(0)))"
+        if slo.source == "access":
+            return self._sum("rate", self._hist + "_count", [("status_class", "5xx")], w)
+        return self._sum("rate", m.PROBE_FAILURES.name + "_total", (), w)
+
+
+def _ratio_record(w: float) -> str:
+    return f"{RULE_PREFIX}errors:ratio_rate{prom_duration(w)}"
+
+
+def _requests_record(w: float) -> str:
+    return f"{RULE_PREFIX}requests:increase{prom_duration(w)}"
+
+
+def _what(slo: SLO) -> str:
+    if slo.source == "probe":
+        return f"login probe {slo.target}"
+    parts = [f"{slo.method or 'any method'} {slo.route or 'any route'}"]
+    parts.append(f"from access log {slo.log_source}" if slo.log_source else "from all access logs")
+    return " ".join(parts)
+
+
+def _objective_text(slo: SLO) -> str:
+    pct = f"{slo.objective * 100:.10g}%"
+    if slo.sli == "latency":
+        assert slo.threshold is not None
+        return f"{pct} of requests under {prom_duration(slo.threshold)}"
+    return f"{pct} of requests succeed"
+
+
+def _alert(slo: SLO, w: Window) -> dict[str, Any]:
+    limit = _num(w.burn_rate * (1 - slo.objective))
+    sel = _selector([("slo", slo.name)])
+    pair = f"{prom_duration(w.long)}/{prom_duration(w.short)}"
+    expr = (
+        f"{_ratio_record(w.long)}{sel} > {limit}\n"
+        f"and on(slo) {_ratio_record(w.short)}{sel} > {limit}\n"
+        f"and on(slo) {_requests_record(w.long)}{sel} >= {slo.min_events}\n"
+    )
+    labels: dict[str, str] = {
+        "severity": w.severity,
+        "slo": slo.name,
+        "window": pair,
+        "burn_rate": _num(w.burn_rate),
+    }
+    if slo.target:
+        labels["target"] = slo.target
+    rule: dict[str, Any] = {"alert": ALERT, "expr": expr}
+    if w.for_:
+        rule["for"] = prom_duration(w.for_)
+    rule["labels"] = labels
+    rule["annotations"] = {
+        "summary": f"SLO {slo.name} ({_what(slo)}): error budget burning {_num(w.burn_rate)}x too fast over {pair}",
+        "description": (
+            f"{slo.description + ' ' if slo.description else ''}Objective: {_objective_text(slo)} over "
+            f"{prom_duration(slo.period)}. The error ratio over {prom_duration(w.long)} is "
+            "{{ $value | humanizePercentage }} and over "
+            f"{prom_duration(w.short)} also above {_num(w.burn_rate)}x the budget ({limit}); at this rate the "
+            f"{prom_duration(slo.period)} budget lasts {prom_duration(slo.period / w.burn_rate)}."
+        ),
+        "runbook": "README.md#dbwatchsloerrorbudgetburn",
+    }
+    return rule
+
+
+def _group(slo: SLO, targets: dict[str, Target]) -> dict[str, Any]:
+    sli = _SLI(slo, targets)
+    base = {"slo": slo.name, "sli": slo.sli}
+    windows = sorted({*(w.long for w in slo.windows), *(w.short for w in slo.windows), slo.period})
+    rules: list[dict[str, Any]] = []
+    for w in windows:
+        d = prom_duration(w)
+        # Zero traffic gives 0, not NaN: the division only happens where there are requests.
+        expr = f"(\n  {sli.bad(d)}\n  /\n  ({sli.total(d)} > 0)\n) or on() vector(0)\n"
+        rules.append({"record": _ratio_record(w), "expr": expr, "labels": base})
+    for w in sorted({w.long for w in slo.windows}):
+        expr = f"{sli.total(prom_duration(w), 'increase')} or on() vector(0)\n"
+        rules.append({"record": _requests_record(w), "expr": expr, "labels": base})
+    rules.append({"record": f"{RULE_PREFIX}objective:ratio", "expr": f"vector({_num(slo.objective)})", "labels": base})
+    rules.append(
+        {
+            "record": f"{RULE_PREFIX}error_budget:remaining_ratio",
+            "expr": f"1 - {_ratio_record(slo.period)}{_selector([('slo', slo.name)])} / {_num(1 - slo.objective)}",
+            "labels": base,
+        }
+    )
+    rules.extend(_alert(slo, w) for w in slo.windows)
+    return {"name": f"dbwatch-slo-{slo.name}", "rules": rules}
+
+
+def slo_groups(config: Config) -> list[dict[str, Any]]:
+    """One rule group per SLO: error ratios per window, request counts, objective, budget left, alerts."""
+    targets = {t.name: t for t in config.targets}
+    return [_group(slo, targets) for slo in config.slos]
+
+
+def prometheus_rule(groups: list[dict[str, Any]], name: str = "dbwatch-slo") -> dict[str, Any]:
+    """The same groups as a prometheus-operator PrometheusRule object."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "dbwatch", "role": "alert-rules"}},
+        "spec": {"groups": groups},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks and no anchors, so the output reads like hand-written rules."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def render(doc: dict[str, Any], source: str) -> str:
+    """YAML text with a header naming the command that made it."""
+    header = (
+        f"# Generated by `dbwatch rules --config {source}` from its `slos:`. Do not edit: change the config\n"
+        "# and run the command again (a test checks the shipped files are up to date).\n"
+    )
+    return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
+
+
+def write(config: Config, source: str, out: Path, *, check: bool = False) -> list[Path]:
+    """Write (or with check=True, compare) the rule file and the PrometheusRule; returns the paths that differ."""
+    groups = slo_groups(config)
+    files = {
+        out / RULES_FILE: render({"groups": groups}, source),
+        out / PROMETHEUSRULE_FILE: render(prometheus_rule(groups), source),
+    }
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    if not check:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in stale:
+            p.write_text(files[p], encoding="utf-8")
+    return stale

@@ -1,0 +1,200 @@
+"""The alerting kit: generated SLO rules up to date and valid, promtool tests for every alert, amtool, runbooks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dbwatch import rules
+from dbwatch.config import ConfigError, from_mapping
+from tests.helpers import REPO, run_cli
+
+CONFIG = REPO / "config"
+EXAMPLE = "config/dbwatch.example.yaml"
+RULE_FILES = [CONFIG / "dbwatch.rules.yml", CONFIG / rules.RULES_FILE]
+TEST_FILES = sorted((CONFIG / "tests").glob("*.test.yml"))
+ENV = {"DATABASE_URL": "postgresql://app@127.0.0.1:5432/app"}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is installed by scripts/setup (Debian packages prometheus, prometheus-alertmanager)"
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, cwd=REPO)
+    print(proc.stdout, proc.stderr)
+    return proc
+
+
+def alerts(path: Path) -> list[dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text())
+    return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_shipped_slo_rules_are_the_output_for_the_example_config() -> None:
+    """`dbwatch rules --check` finds config/ up to date (regenerate with the command in the message)."""
+    proc = run_cli("rules", "--config", EXAMPLE, "--out", "config", "--check", env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = run_cli("rules", "--config", EXAMPLE, env=ENV)
+    assert printed.stdout == (CONFIG / rules.RULES_FILE).read_text()
+
+
+def test_rules_check_reports_stale_files(tmp_path: Path) -> None:
+    proc = run_cli("rules", "--config", EXAMPLE, "--out", str(tmp_path), "--check", env=ENV)
+    assert proc.returncode == 1
+    assert "out of date" in proc.stderr
+    assert run_cli("rules", "--config", EXAMPLE, "--out", str(tmp_path), env=ENV).returncode == 0
+    assert run_cli("rules", "--config", EXAMPLE, "--out", str(tmp_path), "--check", env=ENV).returncode == 0
+    prom_rule = yaml.safe_load((tmp_path / rules.PROMETHEUSRULE_FILE).read_text())
+    assert prom_rule["kind"] == "PrometheusRule"
+    assert prom_rule["spec"]["groups"] == yaml.safe_load((tmp_path / rules.RULES_FILE).read_text())["groups"]
+
+
+def test_promtool_check_rules_is_clean() -> None:
+    proc = run(tool("promtool"), "check", "rules", *map(str, RULE_FILES))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    proc = run(tool("promtool"), "test", "rules", *map(str, TEST_FILES))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for path in TEST_FILES:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for t in case.get("alert_rule_test", []):
+                (fires if t.get("exp_alerts") else silent).add(t["alertname"])
+            for t in case.get("promql_expr_test", []):
+                if t["expr"].startswith("ALERTS"):
+                    names = set(re.findall(r'alertname="(\w+)"', str(t.get("exp_samples"))))
+                    fires.update(names)
+                    if not t.get("exp_samples"):
+                        silent.update(re.findall(r'alertname="(\w+)"', t["expr"]) or [rules.ALERT])
+    names = {a["alert"] for f in RULE_FILES for a in alerts(f)}
+    assert names - fires == set()
+    assert names - silent == set()
+
+
+def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
+    readme = (REPO / "README.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", readme, re.M)}
+    for f in RULE_FILES:
+        for a in alerts(f):
+            assert a["labels"]["severity"] in ("page", "ticket"), a["alert"]
+            ann = a["annotations"]
+            assert ann["summary"], a["alert"]
+            assert ann["description"], a["alert"]
+            assert ann["runbook"] == f"README.md#{a['alert'].lower()}", a["alert"]
+            assert a["alert"].lower() in anchors, f"README has no runbook section '### {a['alert']}'"
+    hand = {a["alert"]: a for a in alerts(CONFIG / "dbwatch.rules.yml")}
+    assert "$labels.location" in hand["DbwatchAsyncORMError"]["annotations"]["summary"]
+    for name in ("DbwatchProbeDown", "DbwatchConnectionSaturation", "DbwatchIdleInTransaction"):
+        assert "$labels.target" in hand[name]["annotations"]["description"]
+
+
+def test_amtool_check_config_is_clean() -> None:
+    proc = run(tool("amtool"), "check-config", str(CONFIG / "alertmanager.example.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def slo_config(**slo: Any) -> dict[str, Any]:
+    return {
+        "targets": [{"name": "primary", "dsn": "postgresql://h/d"}],
+        "slos": [{"name": "login", "sli": "latency", "from": "access", "objective": 99, "threshold": "500ms", **slo}],
+    }
+
+
+def test_threshold_must_be_a_bucket_boundary(tmp_path: Path) -> None:
+    """0.4 s lies between the 0.3 and 0.5 buckets: refused with the boundaries listed, exit 2."""
+    with pytest.raises(ConfigError, match=r"slos\[0\]\.threshold: 0.4s is not a bucket boundary of "):
+        from_mapping(slo_config(threshold="400ms"))
+    with pytest.raises(ConfigError, match=r"slos\[0\]\.threshold: 0.3s is not a bucket boundary of .*probe"):
+        from_mapping(
+            {
+                "targets": [{"name": "login", "kind": "http_login", "url": "http://127.0.0.1:1/"}],
+                "slos": [
+                    {
+                        "name": "p",
+                        "sli": "latency",
+                        "from": "probe",
+                        "target": "login",
+                        "objective": 99,
+                        "threshold": "300ms",
+                    }
+                ],
+            }
+        )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(slo_config(threshold="400ms")))
+    proc = run_cli("rules", "--config", str(cfg))
+    assert proc.returncode == 2
+    assert "is not a bucket boundary" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("slo", "message"),
+    [
+        ({"objective": 100}, "slos[0].objective: expected a percentage"),
+        ({"objective": "abc"}, "slos[0].objective: expected a percentage"),
+        ({"threshold": None}, "slos[0].threshold: missing"),
+        ({"sli": "availability"}, "slos[0].threshold: only for sli: latency"),
+        ({"from": "probe"}, "slos[0].route: only for from: access"),
+        ({"target": "nope"}, "slos[0].target: no target named 'nope'"),
+        ({"windows": [{"long": "5m", "short": "1h", "burn_rate": 14.4, "severity": "page"}]}, "short: must be shorter"),
+        ({"windows": [{"long": "60d", "short": "1h", "burn_rate": 1, "severity": "page"}]}, "longer than the period"),
+        ({"windows": [{"long": "1h", "short": "5m", "burn_rate": 2, "severity": "sms"}]}, "severity: must be one of"),
+        ({"min_events": -1}, "slos[0].min_events: expected a whole number"),
+        ({"name": "Login SLO"}, "slos[0].name: use 1-63 lower-case"),
+    ],
+)
+def test_bad_slo_config(slo: dict[str, Any], message: str) -> None:
+    raw = slo_config(route="/api/login", **slo)
+    if slo.get("from") == "probe":
+        raw["slos"][0].pop("threshold")
+        raw["slos"][0]["sli"] = "availability"
+    with pytest.raises(ConfigError) as e:
+        from_mapping(raw)
+    assert message in str(e.value)
+
+
+def test_rules_without_slos_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("targets: []\n")
+    proc = run_cli("rules", "--config", str(cfg))
+    assert proc.returncode == 2
+    assert "no slos:" in proc.stderr
+
+
+def test_generated_rules_have_window_labels_guard_and_no_nan() -> None:
+    config = from_mapping(slo_config(route="/api/login", min_events=12))
+    (group,) = rules.slo_groups(config)
+    recs = [r for r in group["rules"] if "record" in r]
+    assert all(r["expr"].rstrip().endswith("or on() vector(0)") for r in recs if "errors:ratio" in r["record"])
+    alerts_ = [r for r in group["rules"] if "alert" in r]
+    assert [a["labels"]["window"] for a in alerts_] == ["1h/5m", "6h/30m", "1d/2h", "3d/6h"]
+    assert [a["labels"]["severity"] for a in alerts_] == ["page", "page", "ticket", "ticket"]
+    assert all(">= 12" in a["expr"] for a in alerts_)
+    assert 'le="0.5"' in recs[0]["expr"]
+    assert rules.prom_duration(259200) == "3d"
+    assert rules.prom_duration(0.5) == "500ms"
+
+
+def test_rules_help() -> None:
+    proc = run_cli("rules", "--help")
+    assert proc.returncode == 0
+    assert "--out" in proc.stdout
+    assert "PrometheusRule" in proc.stdout
+    assert os.path.exists(CONFIG / rules.PROMETHEUSRULE_FILE)

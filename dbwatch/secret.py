@@ -83,7 +83,10 @@ class DSN:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in _SCHEMES:
             raise DSNError(f"unsupported DSN scheme {scheme!r} (expected postgresql:// or postgresql+asyncpg://)")
-        parts = urllib.parse.urlsplit(text)
+        try:
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:  # urlsplit's own message may quote the netloc, password included
+            raise DSNError("malformed URL DSN (unbalanced [ ] around the host?)") from None
         netloc = parts.netloc
         userinfo, _, hostport = netloc.rpartition("@")
         if "," in hostport:

@@ -91,6 +91,7 @@ BAD = [
         "targets[0].timeout",
     ),
     ("targets: [\n", "YAML syntax error at line"),
+    ("targets:\n  - name: a\n    dsn: 'postgresql://u@[h/d'\n", "targets[0].dsn: malformed URL DSN"),
 ]
 
 
@@ -116,6 +117,7 @@ def test_errors_never_show_the_password(tmp_path: Path) -> None:
         f'targets:\n  - name: a\n    dsn: "postgresql://app:{SENTINEL}@h/d\n',
         f"targets:\n  - name: a\n    dsn: 'mysql://app:{SENTINEL}@h/d'\n",
         f"targets:\n  - name: a\n    dsn: 'host=h password=\\'{SENTINEL}'\n",
+        f"targets:\n  - name: a\n    dsn: 'postgresql://app:{SENTINEL}@[::1/d'\n",
     ]
     for text in cases:
         proc = run_cli("check-config", str(write(tmp_path, text)))

@@ -48,11 +48,18 @@ def route_template(path: str) -> str:
 
 
 def _scope_route(scope: Scope) -> str | None:
+    """The framework's template: FastAPI's `scope["route"]`, else the path with Starlette's path_params put back."""
     route = scope.get("route")
     for attr in ("path_format", "path"):
         value = getattr(route, attr, None)
         if isinstance(value, str) and value:
             return (str(scope.get("root_path", "")) + value)[:_MAX_ROUTE_LEN]
+    params = scope.get("path_params")
+    if isinstance(params, dict) and params:
+        by_value = {str(v): k for k, v in params.items() if isinstance(k, str)}
+        path = str(scope.get("path", ""))
+        parts = [f"{{{by_value[seg]}}}" if seg in by_value else seg for seg in path.split("/")]
+        return route_template("/".join(parts))
     return None
 
 

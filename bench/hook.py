@@ -1,0 +1,217 @@
+"""Benchmark for the in-app hook (issue 7): checkout+checkin cost with and without it, beside OpenTelemetry's.
+
+In one process, on the SQLAlchemy it runs with, it builds identical engines and times `connect()` + `close()`
+(one pool checkout and checkin, nothing executed) in interleaved rounds:
+
+- `plain`: no instrumentation;
+- `dbwatch`: `dbwatch.hook.instrument()` (sender thread running, reporting to a sidecar that is not there);
+- `otel`: opentelemetry-instrumentation-sqlalchemy with the SDK's tracer and meter providers (SQLAlchemy < 2.1
+  only: that package refuses 2.1).
+
+Two engines kinds: a sync `sqlite` file engine with a QueuePool (pool cost alone), and an `asyncpg` AsyncEngine
+against a throwaway PostgreSQL (what an async app runs). It prints the median µs per checkout+checkin of each mode,
+the µs the instrumentation adds and the ratio to plain; then RSS and Python heap over 1,000,000 checkouts with the
+hook, to show memory stays flat.
+
+Run both SQLAlchemy versions:  .venv/bin/python bench/hook.py --all
+One interpreter:               .venv-sa20/bin/python bench/hook.py [--rounds 7] [--n 20000] [--million 1000000]
+It prints figures and never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
+
+from dbwatch.hook import instrument
+from dbwatch.hook.reporter import get_reporter
+
+REPO = Path(__file__).resolve().parent.parent
+PAGE = os.sysconf("SC_PAGE_SIZE")
+NOWHERE = "unix:/nonexistent/dbwatch-bench.sock"  # no sidecar: the hook drops and counts, as when it is away
+PASSWORD = "bench-pw-not-secret"
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 1e6
+
+
+def otel_available() -> bool:
+    """OpenTelemetry's SQLAlchemy instrumentation and SDK importable, and SQLAlchemy below 2.1 (it refuses 2.1)."""
+    if sqlalchemy.__version__.startswith("2.1"):
+        return False
+    try:
+        import opentelemetry.instrumentation.sqlalchemy
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# CPU time of this thread, not wall time: other processes on a busy machine then barely move the figures. Nothing
+# timed here waits on I/O (no statement runs; the pool hands out open connections), and the hook's sender thread
+# runs once a second, so per-thread CPU time is the cost the app's request pays.
+_clock = time.thread_time
+
+
+def time_sync(engine: sqlalchemy.Engine, n: int) -> float:
+    t0 = _clock()
+    for _ in range(n):
+        conn = engine.connect()
+        conn.close()
+    return (_clock() - t0) / n * 1e6
+
+
+async def time_async(engine: AsyncEngine, n: int) -> float:
+    t0 = _clock()
+    for _ in range(n):
+        conn = await engine.connect()
+        await conn.close()
+    return (_clock() - t0) / n * 1e6
+
+
+def report(kind: str, results: dict[str, list[float]]) -> None:
+    """Per mode: best and median round; `added` and `ratio` from the best rounds (least disturbed by others)."""
+    base = min(results["plain"])
+    print(f"  {kind}: CPU µs per checkout+checkin, best / median of {len(results['plain'])} interleaved rounds")
+    for mode, values in results.items():
+        best, med = min(values), statistics.median(values)
+        extra = "" if mode == "plain" else f"   added {best - base:+7.2f} µs   ratio {best / base:5.2f}x"
+        print(f"    {mode:8s} {best:8.2f} / {med:8.2f} µs{extra}")
+    if "otel" in results:
+        hook = min(results["dbwatch"]) - base
+        otel = min(results["otel"]) - base
+        print(f"    otel adds {otel:.1f} µs, dbwatch {hook:.1f} µs: otel/dbwatch = {otel / max(hook, 0.01):.1f}x")
+
+
+def make_engines(tmp: Path, pg_url: sqlalchemy.engine.URL | None) -> dict[str, dict[str, Any]]:
+    """Every engine first: OpenTelemetry's instrument() also patches create_engine, and runs only once."""
+    modes = ["plain", "dbwatch"] + (["otel"] if otel_available() else [])
+    out: dict[str, dict[str, Any]] = {"sqlite": {}, "asyncpg": {}}
+    for mode in modes:
+        out["sqlite"][mode] = sqlalchemy.create_engine(f"sqlite:///{tmp / mode}.db", poolclass=QueuePool, pool_size=5)
+        if pg_url is not None:
+            out["asyncpg"][mode] = create_async_engine(pg_url, pool_size=5)
+    instrument(out["sqlite"]["dbwatch"], "bench", sidecar=NOWHERE, interval=1.0)
+    if pg_url is not None:
+        instrument(out["asyncpg"]["dbwatch"], "bench-pg", sidecar=NOWHERE, interval=1.0)
+    if "otel" in modes:
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        targets = [out["sqlite"]["otel"]] + ([out["asyncpg"]["otel"].sync_engine] if pg_url is not None else [])
+        SQLAlchemyInstrumentor().instrument(
+            engines=targets,
+            tracer_provider=TracerProvider(),
+            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        )
+    return out
+
+
+def bench_sqlite(engines: dict[str, sqlalchemy.Engine], rounds: int, n: int) -> None:
+    results: dict[str, list[float]] = {m: [] for m in engines}
+    for engine in engines.values():
+        time_sync(engine, 2000)  # warm up: connect, caches
+    for _ in range(rounds):
+        for mode, engine in engines.items():
+            results[mode].append(time_sync(engine, n))
+    report("sqlite (sync Engine, QueuePool)", results)
+
+
+async def bench_asyncpg(engines: dict[str, AsyncEngine], rounds: int, n: int) -> None:
+    results: dict[str, list[float]] = {m: [] for m in engines}
+    for engine in engines.values():
+        await time_async(engine, 500)
+    for _ in range(rounds):
+        for mode, engine in engines.items():
+            results[mode].append(await time_async(engine, n // 4))
+    report("asyncpg (AsyncEngine, AsyncAdaptedQueuePool, PostgreSQL on loopback)", results)
+    for engine in engines.values():
+        await engine.dispose()
+
+
+def bench_memory(engine: sqlalchemy.Engine, total: int) -> None:
+    step = total // 10
+    time_sync(engine, 10_000)
+    gc.collect()
+    tracemalloc.start()
+    heap0, rss0 = tracemalloc.get_traced_memory()[0], rss_mb()
+    points: list[str] = []
+    for i in range(10):
+        time_sync(engine, step)
+        if i in (0, 4, 9):
+            gc.collect()
+            heap = tracemalloc.get_traced_memory()[0] / 1e3
+            points.append(f"{(i + 1) * step:>9,d}: RSS {rss_mb():6.1f} MB, heap {heap:8.1f} kB")
+    heap1 = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    rep = get_reporter(NOWHERE)
+    rep.flush()
+    print(f"  memory over {total:,d} checkouts with the hook (start: RSS {rss0:.1f} MB, heap {heap0 / 1e3:.1f} kB)")
+    for p in points:
+        print(f"    {p}")
+    print(f"    heap growth {(heap1 - heap0) / 1e3:+.1f} kB; reports dropped (no sidecar): {rep.dropped}")
+
+
+def run_all() -> None:
+    for venv in (".venv-sa20", ".venv"):
+        py = REPO / venv / "bin" / "python"
+        if not py.exists():
+            print(f"{venv}: missing (run ./scripts/setup)")
+            continue
+        subprocess.run([str(py), __file__, *sys.argv[2:]], check=False, cwd=REPO)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="run under .venv-sa20 (SQLAlchemy 2.0) and .venv (2.1)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--n", type=int, default=20_000, help="checkouts per round and mode (asyncpg: n/4)")
+    parser.add_argument("--million", type=int, default=1_000_000, help="checkouts for the memory check (0: skip)")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the asyncpg/PostgreSQL part")
+    args = parser.parse_args()
+    if args.all:
+        run_all()
+        return
+    otel = "with OpenTelemetry" if otel_available() else "no OpenTelemetry (it refuses SQLAlchemy 2.1)"
+    print(f"SQLAlchemy {sqlalchemy.__version__}, Python {sys.version.split()[0]}: {otel}")
+    with tempfile.TemporaryDirectory(prefix="dbwatch-bench-") as d, contextlib.ExitStack() as stack:
+        pg_url = None
+        if not args.no_postgres:
+            from dbwatch.pgcluster import Cluster
+
+            cluster = stack.enter_context(Cluster(version="15", max_connections=50))
+            cluster.psql(f"CREATE ROLE bench LOGIN PASSWORD '{PASSWORD}'")
+            pg_url = sqlalchemy.engine.URL.create(
+                "postgresql+asyncpg", "bench", PASSWORD, cluster.host, cluster.port, "postgres"
+            )
+        engines = make_engines(Path(d), pg_url)
+        bench_sqlite(engines["sqlite"], args.rounds, args.n)
+        if pg_url is not None:
+            asyncio.run(bench_asyncpg(engines["asyncpg"], args.rounds, args.n))
+        if args.million:
+            bench_memory(engines["sqlite"]["dbwatch"], args.million)
+        for engine in engines["sqlite"].values():
+            engine.dispose()
+    print("  target: the hook adds <= 5 µs per checkout+checkin")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""DbwatchASGIMiddleware in front of a real Starlette app served by uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Match, Route
+
+from dbwatch import metrics as m
+from dbwatch.hook import DbwatchASGIMiddleware
+from dbwatch.hook.asgi import route_template
+from dbwatch.pgcluster import free_port
+from tests.helpers import eventually
+from tests.hook.conftest import Sink
+
+
+class TemplateRoute(Route):
+    """What FastAPI's APIRoute does: put itself in the scope, so middleware can read the template."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+@asynccontextmanager
+async def _serve(app: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_route_template_bounds_ids() -> None:
+    """ids, uuids, long hex and token-like segments become placeholders; the result is length-bounded."""
+    assert route_template("/users/123/orders/9") == "/users/{id}/orders/{id}"
+    assert route_template("/u/0b7e6f4c-3a2d-4c1e-9f00-1234567890ab") == "/u/{uuid}"
+    assert route_template("/blob/deadbeefdeadbeefdeadbeef") == "/blob/{hex}"
+    assert route_template("/reset/aZ3kq9Lm2Pq8Rt5Vx7Yz1B") == "/reset/{token}"
+    assert route_template("/health") == "/health"
+    assert len(route_template("/" + "z" * 500)) == 120
+
+
+async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, sa_url) -> None:
+    """Starlette path params and FastAPI-style scope routes give templates; scanners land in `unmatched`;
+    a real MissingGreenlet (sync use of an async engine) is counted by class and category and still a 500."""
+    engine = create_async_engine(sa_url)
+
+    async def user(request: Request) -> PlainTextResponse:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return PlainTextResponse(f"user {request.path_params['user_id']}")
+
+    async def order(request: Request) -> PlainTextResponse:
+        raise HTTPException(status_code=404)
+
+    async def greenlet(request: Request) -> PlainTextResponse:
+        with engine.sync_engine.connect() as conn:  # the seed outage's error: I/O outside the greenlet
+            conn.execute(text("SELECT 1"))
+        return PlainTextResponse("unreachable")
+
+    starlette_app = Starlette(
+        routes=[
+            Route("/users/{user_id}", user),
+            TemplateRoute("/orders/{order_id:int}", order),
+            Route("/greenlet", greenlet),
+        ]
+    )
+    app = DbwatchASGIMiddleware(starlette_app, app_name="web", sidecar=sink.addr, interval=0.05, max_routes=3)
+    async with _serve(app) as base, aiohttp.ClientSession() as http:
+        for path in ("/users/1", "/users/2", "/users/abc", "/orders/7", "/greenlet", "/wp-login.php", "/.env"):
+            async with http.get(base + path) as r:
+                await r.read()
+        async with http.post(base + "/users/3") as r:
+            assert r.status == 405
+    await engine.dispose()
+
+    def hist(route: str, method: str, sc: str) -> int:
+        return sink.hist(m.APP_REQUEST_DURATION, "web", route, method, sc)[0]
+
+    await eventually(lambda: hist("/users/{user_id}", "GET", "2xx") == 3)
+    assert hist("/orders/{order_id}", "GET", "4xx") == 1  # path_format: the convertor dropped
+    assert hist("/greenlet", "GET", "5xx") == 1
+    assert hist("unmatched", "GET", "4xx") == 2
+    assert hist("/users/{user_id}", "POST", "4xx") == 1
+    assert sink.counter(m.APP_EXCEPTIONS, "web", "/greenlet", "MissingGreenlet", "missing_greenlet") == 1

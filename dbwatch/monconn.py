@@ -33,6 +33,8 @@ log = structlog.get_logger("dbwatch.monconn")
 # First wait after a failed attempt; doubles per failure (with ±20 % jitter) up to BACKOFF_MAX.
 BACKOFF_START: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+# Room in asyncpg's per-connection statement cache: every collector's statements, with margin.
+PREPARED_STATEMENTS: Final = 16
 
 
 class MonitorDown(ConnectionError):
@@ -52,7 +54,12 @@ def session_settings(target: Target) -> dict[str, str]:
 
 
 async def _connect_postgres(target: Target, timeout: float) -> Any:
-    return await asyncpg.connect(**connect_kwargs(target, timeout, settings=session_settings(target)))
+    kwargs = connect_kwargs(target, timeout, settings=session_settings(target))
+    # The collectors' few statements are prepared once per connection and re-executed: the server skips parse
+    # and plan on every collection (a third of the backend CPU of pg_activity). So a postgres target must be the
+    # server itself, not a transaction-pooling pgbouncer in front of it (use a `pgbouncer` target for that).
+    kwargs["statement_cache_size"] = PREPARED_STATEMENTS
+    return await asyncpg.connect(**kwargs)
 
 
 # Errors after which the session is still in a known state: the server answered, or a timeout cancelled the query.

@@ -7,6 +7,7 @@ to the database does not grow with the number of label combinations and one roun
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
@@ -34,7 +35,9 @@ SETTINGS: Final = (
     "statement_timeout",
 )
 TOP_N: Final = 3
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS: Final = {"us": 1e-6, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+# How current_setting() shows a time setting: "0", "500ms", "90s", "1min", "2h", "1d".
+_TIME_RE: Final = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*$")
 
 # When a blocked session started waiting: pg_locks.waitstart exists from PostgreSQL 14; before, the query start.
 _WAITSTART_14: Final = (
@@ -93,8 +96,7 @@ SELECT
                                              age)), '[]')
      FROM top WHERE rank <= %(top_n)s) AS top,
   (SELECT count(*) FROM a WHERE backend_type = 'client backend') AS clients,
-  (SELECT json_agg(json_build_array(name, setting, unit)) FROM pg_settings
-    WHERE name IN (%(settings)s)) AS settings
+  json_build_array(%(settings)s) AS settings
 """
 
 
@@ -103,12 +105,17 @@ def sql_for(server_version_num: int) -> str:
     return _SQL % {
         "waitstart": _WAITSTART_14 if server_version_num >= 140000 else _WAITSTART_OLD,
         "top_n": TOP_N,
-        "settings": ", ".join(f"'{s}'" for s in SETTINGS),
+        # current_setting() reads one value; the pg_settings view would build all ~350 rows per call.
+        "settings": ", ".join(f"json_build_array('{s}', current_setting('{s}', true))" for s in SETTINGS),
     }
 
 
-def _seconds(setting: str, unit: str | None) -> float:
-    return float(setting) * _UNITS.get(unit or "", 1.0)
+def _seconds(text: str) -> float | None:
+    """Seconds from a time setting as current_setting() shows it (a bare number is milliseconds)."""
+    match = _TIME_RE.match(text)
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2) or "ms"]
 
 
 class PgActivity:
@@ -133,7 +140,7 @@ class PgActivity:
             per_db=json.loads(row["per_db"]),
             top=json.loads(row["top"]),
             clients=int(row["clients"]),
-            settings=json.loads(row["settings"] or "[]"),
+            settings=json.loads(row["settings"]),
         )
 
     def samples(
@@ -185,9 +192,13 @@ class PgActivity:
                 seen_top.add(labels)
                 out.append(Sample(m.PG_TOP_SESSION_AGE, labels, max(0.0, age)))
         values: dict[str, float] = {}
-        for name, setting, unit in settings:
-            values[name] = float(setting) if name.endswith("connections") else _seconds(setting, unit)
-            out.append(Sample(m.PG_SETTING, (t, name), values[name]))
+        for name, text in settings:
+            if text is None:  # not on this server version (reserved_connections before 16)
+                continue
+            value = float(text) if name.endswith("connections") else _seconds(text)
+            if value is not None:
+                values[name] = value
+                out.append(Sample(m.PG_SETTING, (t, name), value))
         available = values.get("max_connections", 0.0) - values.get("superuser_reserved_connections", 0.0)
         available -= values.get("reserved_connections", 0.0)
         if available > 0:

@@ -32,11 +32,15 @@ async def test_terminated_connection_comes_back_on_the_next_collection(pg_factor
             first = await _monitor_pid(admin)
             assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 1
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
-            with pytest.raises(Exception):  # noqa: B017, PT011 - asyncpg raises one of several client errors here
+            # Depending on when asyncpg sees the server's FATAL, the loss shows at the start of the next run (which
+            # then reconnects and succeeds) or as that run's error (and the run after reconnects). Either way it
+            # comes back by the second run at the latest, and the loss and the new attempt are counted.
+            try:
+                await h.collect("pg_activity")
+            except Exception:  # asyncpg raises one of several client errors here
+                assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 0
                 await h.collect("pg_activity")
             assert h.store.counter_value(m.MONITOR_LOST, ("db",)) == 1
-            assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 0
-            await h.collect("pg_activity")  # the next interval's run reconnects at once
             assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 1
             assert h.store.counter_value(m.MONITOR_ATTEMPTS, ("db", "ok")) == 2
             second = await _monitor_pid(admin)

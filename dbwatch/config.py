@@ -966,6 +966,8 @@ def read_yaml(path: str | Path, what: str = "config") -> object:
         raise ConfigError(f"{path}: {what} is not UTF-8") from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

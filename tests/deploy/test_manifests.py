@@ -18,9 +18,12 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promop
 
+from dbwatch import webconfig
 from tests.helpers import REPO, run_cli
 
 BASE = REPO / "deploy" / "base"
+TLS_EXAMPLE = REPO / "deploy" / "examples" / "tls"
+WEB_TLS = REPO / "deploy" / "components" / "web-tls"
 # The oldest and newest Kubernetes versions whose schemas kubernetes-validate bundles (strict: no unknown fields).
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 CRD_MODELS = {"PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
@@ -84,12 +87,12 @@ def test_validators_reject_what_they_should() -> None:
             validate(bad)
 
 
-def _kustomize() -> list[dict[str, Any]]:
+def _kustomize(where: Path = BASE) -> list[dict[str, Any]]:
     kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
     if kustomize:
-        argv = [kustomize, "build", str(BASE)]
+        argv = [kustomize, "build", str(where)]
     elif kubectl:
-        argv = [kubectl, "kustomize", str(BASE)]
+        argv = [kubectl, "kustomize", str(where)]
     else:
         pytest.skip("neither kustomize nor kubectl is installed")
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
@@ -237,3 +240,42 @@ def test_generator_picks_rule_files_and_skips_others(tmp_path: Path) -> None:
     assert doc["spec"]["groups"] == [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0"}]}]
     validate(doc)
     assert os.path.basename(gen_deploy_rules.OUT) == "prometheusrule.yaml"
+
+
+def test_tls_component_builds_valid_https_wiring() -> None:
+    """deploy/examples/tls (base + components/web-tls): --web.config.file, mounted Secrets, https probes and scrape."""
+    docs = _kustomize(TLS_EXAMPLE)
+    for doc in docs:
+        validate(doc)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = next(x for x in pod["containers"] if x["name"] == "dbwatch")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert c["args"] == ["--config", "/etc/dbwatch/dbwatch.yaml", "--web.config.file", "/etc/dbwatch/web/web.yml"]
+    assert mounts["dbwatch-web-config"] == "/etc/dbwatch/web"
+    assert mounts["dbwatch-tls"] == "/etc/dbwatch/tls"
+    assert mounts["dbwatch-state"] == _dockerfile_env()["DBWATCH_STATE_DIR"]  # the base's mounts are kept
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    web_secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("dbwatch-web"))
+    assert vols["dbwatch-web-config"]["secret"]["secretName"] == web_secret["metadata"]["name"]
+    (ep,) = next(d for d in docs if d["kind"] == "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert ep["scheme"] == "https"
+    assert ep["tlsConfig"]["ca"]["secret"] == {"name": vols["dbwatch-tls"]["secret"]["secretName"], "key": "ca.crt"}
+
+
+def test_tls_component_web_config_is_valid(tmp_path: Path) -> None:
+    """web.yml loads with dbwatch's own loader once its certificate paths point at a real certificate."""
+    import trustme
+
+    raw = yaml.safe_load((WEB_TLS / "web.yml").read_text())
+    cert = trustme.CA().issue_cert("dbwatch")
+    crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    assert raw["tls_server_config"]["cert_file"].startswith("/etc/dbwatch/tls/")
+    raw["tls_server_config"].update(cert_file=str(crt), key_file=str(key))
+    web = webconfig.from_mapping(raw)
+    assert web.tls is not None
+    assert web.open_health_endpoints is True

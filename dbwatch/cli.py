@@ -1,4 +1,4 @@
-"""Command line: run | check-config | rules | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
+"""Command line: run | check-config | rules | scan | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
 
 from __future__ import annotations
 
@@ -75,6 +75,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=float, default=5.0, metavar="SECONDS", help="probe interval (default %(default)s)"
     )
+    scan = sub.add_parser(
+        "scan",
+        help="report the tracebacks in log files (offline)",
+        description="Read log files once and report every logged traceback: category, classes, chain and the "
+        "deepest line of application code. Plain, JSON/structlog, CRI and docker json-file logs; a progress bar on "
+        "stderr for large files when stderr is a terminal.",
+        epilog="Exit codes: 0 ok, 1 a file could not be read, 2 bad usage.",
+    )
+    scan.add_argument("files", nargs="+", metavar="FILE", help="log files to read")
+    scan.add_argument(
+        "--format", default="auto", choices=("auto", "plain", "json", "cri", "docker"), help="default %(default)s"
+    )
+    scan.add_argument(
+        "--app-root", action="append", default=[], metavar="PATH", help="a directory of application code (repeatable)"
+    )
+    scan.add_argument(
+        "--app-package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a top-level package of application code, found even in site-packages (repeatable)",
+    )
+    scan.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the text report")
     return p
 
 
@@ -140,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "rules":
             return _rules(args.config, args.out, args.check)
+        if args.command == "scan":
+            from dbwatch.logs.scan import run as run_scan
+
+            return run_scan(args.files, args.format, args.app_root, args.app_package, args.json)
         if args.command == "demo":
             from dbwatch.demo import run_demo
 

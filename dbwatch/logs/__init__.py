@@ -1,0 +1,1 @@
+"""Log watching: tail files, read four formats, assemble tracebacks, classify and count them."""

@@ -1,0 +1,218 @@
+"""Plain text logs as stdlib logging, gunicorn and uvicorn write them; multi-line tracebacks after the message line.
+
+The scan works on large buffers: `bytes.find` jumps from one traceback header to the next, and only the lines of a
+traceback (and the few before it, to find the record's message line) are decoded. Everything else costs one
+memchr-speed pass. The same scanner reads the text inside CRI/docker records, with a per-line map back to the
+physical lines of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
+from dbwatch.logs.traceback import GROUP_HEADER, TB_HEADER, Reader, Verdict, parse
+
+__all__ = ["PlainScanner", "is_record_start", "record_meta"]
+
+_NEEDLE: Final = b"Traceback (most recent call last):"
+_TB_B: Final = TB_HEADER.encode()
+_GROUP_B: Final = b"+ " + GROUP_HEADER.encode()
+_LEVELS: Final = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|EXCEPTION"
+# The first line of a log record: a leading timestamp (logging's asctime, ISO 8601, gunicorn's bracketed one,
+# syslog's) or a leading level (uvicorn's `ERROR:    `, basicConfig's `ERROR:root:`).
+_START_RE: Final = re.compile(
+    r"(?:\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?(?:Z|[+-]\d{2}:?\d{2}|UTC))?)\]?"
+    r"|(?P<sys>[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2})"
+    rf"|(?P<lvl>(?:{_LEVELS})(?::|\s)))"
+)
+_LOGGER_RES: Final = (
+    re.compile(rf"\[(?!(?:{_LEVELS})\])(?P<name>[A-Za-z_][\w.\-]*)\]"),  # `... ERROR [app.auth] msg`
+    re.compile(rf" - (?P<name>[A-Za-z_][\w.\-]*) - (?:{_LEVELS}) - "),  # `... - app.auth - ERROR - msg`
+    re.compile(rf"^(?:{_LEVELS}):(?P<name>[A-Za-z_][\w.\-]*):"),  # basicConfig `ERROR:app.auth:msg`
+)
+BACK_LINES: Final = 50  # how far above a traceback header its record's message line is looked for
+CONTEXT_BYTES: Final = 16 * 1024  # text kept from the previous buffer to find that line across a boundary
+
+
+def is_record_start(line: str) -> bool:
+    """True for the first line of a log record (timestamp or level prefix)."""
+    return _START_RE.match(line) is not None
+
+
+def record_meta(line: str) -> tuple[str | None, str | None]:
+    """(timestamp, logger) of a record's first line, where the line shows them."""
+    m = _START_RE.match(line)
+    ts = m.group("ts") or m.group("sys") if m else None
+    if m is not None and m.group("lvl"):
+        ts = None
+    for rx in _LOGGER_RES:
+        lm = rx.search(line[:300])
+        if lm:
+            return ts, lm.group("name")
+    if m is not None and m.group("lvl") and line.startswith(("ERROR:    ", "CRITICAL:    ")):
+        return ts, "uvicorn.error"
+    return ts, None
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+class PlainScanner:
+    """Finds and assembles tracebacks in complete lines of text; keeps an unfinished record for the next feed."""
+
+    name = "plain"
+
+    def __init__(
+        self,
+        sink: Sink,
+        stats: Stats,
+        *,
+        mapped: bool = False,
+        max_record_bytes: int = 1 << 20,
+        on_record: RecordHook | None = None,
+    ) -> None:
+        self._sink = sink
+        self._stats = stats
+        self._mapped = mapped  # inner text of a container format: line numbers come from `infos`
+        self._max_record = max_record_bytes
+        self._on_record = on_record
+        self._buf = b""
+        self._infos: list[LineInfo] = []
+        self._line0 = 1  # physical line of _buf[0] when not mapped
+        self._scan = 0  # offset in _buf where the header search resumes
+        self._floor = 0  # a record start may not lie before this offset (the previous event's end)
+
+    @property
+    def pending(self) -> bool:
+        """True while an unfinished traceback waits for more lines."""
+        return self._scan < len(self._buf)
+
+    def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
+        """Take complete lines (`data` ends with a newline, or is empty); `infos` maps them when `mapped`."""
+        if data:
+            if not self._mapped:
+                self._stats.lines += data.count(b"\n")
+            if self._on_record is not None:
+                for raw in data.splitlines():
+                    self._on_record(_decode(raw), None)
+            self._buf += data
+            if infos:
+                self._infos.extend(infos)
+        if self._buf:
+            self._process(final)
+
+    def flush(self) -> None:
+        """End of input (or the file went quiet): finish what is pending."""
+        self.feed(b"", final=True)
+
+    def _line_no(self, idx: int) -> int:
+        if self._mapped:
+            return self._infos[idx].first if idx < len(self._infos) else 0
+        return self._line0 + idx
+
+    def _line_last(self, idx: int) -> int:
+        if self._mapped:
+            return self._infos[idx].last if idx < len(self._infos) else 0
+        return self._line0 + idx
+
+    def _process(self, final: bool) -> None:
+        buf = self._buf
+        end = len(buf)
+        pos, floor = self._scan, self._floor
+        cur_off, cur_idx = 0, 0  # incremental offset -> line index
+        pending_from = -1
+        while pos < end:
+            i = buf.find(_NEEDLE, pos)
+            if i < 0:
+                pos = end
+                break
+            ls = buf.rfind(b"\n", 0, i) + 1
+            nl = buf.find(b"\n", i)
+            head = buf[ls:nl].rstrip(b"\r")
+            if ls < floor or not (head == _TB_B or (head.endswith(_GROUP_B) and not head[: -len(_GROUP_B)].strip())):
+                pos = nl + 1  # a decoy: the words inside some other line
+                continue
+            rs = self._record_start(buf, ls, floor)
+            reader = Reader(_decode(head), is_record_start)
+            lines: list[str] = [_decode(head)]
+            last_off = ls
+            p = nl + 1
+            ended = truncated = False
+            while p < end:
+                q = buf.find(b"\n", p)
+                line = _decode(buf[p:q])
+                v = reader.feed(line)
+                if v is Verdict.END:
+                    ended = True
+                    break
+                if v is Verdict.ACCEPT:
+                    lines.append(line)
+                    if line.strip():
+                        last_off = p
+                p = q + 1
+                if p - rs > self._max_record:
+                    truncated = True
+                    break
+            if not (ended or truncated or final):
+                pending_from = rs
+                pos = ls
+                break
+            # line numbers, counted forward from the last position (offsets only grow)
+            cur_idx += buf.count(b"\n", cur_off, rs)
+            first_idx = cur_idx
+            cur_idx += buf.count(b"\n", rs, last_off)
+            cur_off = last_off
+            last_idx = cur_idx
+            self._emit(buf, rs, first_idx, last_idx, lines, truncated or (not reader.complete and not ended))
+            pos = floor = p
+        # keep an unfinished record, or a little context for a header at the start of the next buffer
+        if pending_from >= 0:
+            keep = pending_from
+            self._scan = pos - keep
+        else:
+            keep = max(floor, end - CONTEXT_BYTES)
+            if keep > 0 and keep < end:
+                keep = buf.rfind(b"\n", 0, keep) + 1
+                keep = max(keep, floor)
+            self._scan = end - keep
+        dropped = buf.count(b"\n", 0, keep)
+        self._floor = max(floor - keep, 0)
+        self._buf = buf[keep:]
+        if self._mapped:
+            del self._infos[:dropped]
+        else:
+            self._line0 += dropped
+
+    def _record_start(self, buf: bytes, ls: int, floor: int) -> int:
+        """Offset of the record's first line above a header: a record-start line within BACK_LINES, else the header."""
+        p = ls
+        for _ in range(BACK_LINES):
+            if p <= floor or p == 0:
+                break
+            prev = buf.rfind(b"\n", 0, p - 1) + 1
+            if prev < floor:
+                break
+            line = _decode(buf[prev : p - 1])
+            if not line.strip():
+                break
+            if is_record_start(line):
+                return prev
+            p = prev
+        return ls
+
+    def _emit(self, buf: bytes, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
+        if truncated:
+            self._stats.truncated += 1
+        chain = parse(lines)
+        if chain is None:
+            self._stats.parse_errors += 1
+            return
+        nl = buf.find(b"\n", rs)
+        ts, logger = record_meta(_decode(buf[rs:nl]))
+        if ts is None and self._mapped and first_idx < len(self._infos):
+            ts = self._infos[first_idx].time
+        self._stats.events += 1
+        self._sink(Event(self._line_no(first_idx), self._line_last(last_idx), ts, logger, chain, truncated))

@@ -1,0 +1,132 @@
+"""JSON lines (structlog, python-json-logger): a traceback as a string field or as structlog's dict_tracebacks.
+
+Lines that are not JSON go on to the plain-text scanner, so a raw traceback a crashing process printed into the
+same file is still assembled; in a native JSON file they also count as unmatched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from dbwatch.logs.formats.plain import PlainScanner
+from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
+from dbwatch.logs.traceback import GROUP_HEADER, TB_HEADER, Chain, from_dicts, parse
+
+__all__ = ["JsonLines", "chain_of", "record_fields"]
+
+EXC_KEYS: Final = ("exception", "exc_info", "exc_text", "stack_trace", "stack", "traceback", "error")
+MSG_KEYS: Final = ("event", "message", "msg")
+TIME_KEYS: Final = ("timestamp", "time", "@timestamp", "ts", "asctime")
+LOGGER_KEYS: Final = ("logger", "logger_name", "name")
+
+
+def _text_chain(text: str) -> Chain | None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s == TB_HEADER or s == "+ " + GROUP_HEADER:
+            return parse(lines[i:])
+    return None
+
+
+def chain_of(obj: Mapping[str, Any]) -> Chain | None:
+    """The traceback a JSON record carries, if any."""
+    for key in EXC_KEYS:
+        value = obj.get(key)
+        if isinstance(value, str) and "most recent call last" in value:
+            chain = _text_chain(value)
+            if chain is not None:
+                return chain
+        elif isinstance(value, list) and value and isinstance(value[0], dict) and "exc_type" in value[0]:
+            chain = from_dicts(value)
+            if chain is not None:
+                return chain
+    for key in MSG_KEYS:
+        value = obj.get(key)
+        if isinstance(value, str) and "most recent call last" in value:
+            return _text_chain(value)
+    return None
+
+
+def record_fields(obj: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+    """(message, timestamp, logger) of a JSON record."""
+    msg = next((v for k in MSG_KEYS if isinstance(v := obj.get(k), str)), "")
+    ts = next((v for k in TIME_KEYS if isinstance(v := obj.get(k), str)), None)
+    logger = next((v for k in LOGGER_KEYS if isinstance(v := obj.get(k), str)), None)
+    return msg, ts, logger
+
+
+class JsonLines:
+    """One JSON object per line; non-JSON lines go to a plain scanner (and count as unmatched when `strict`)."""
+
+    name = "json"
+
+    def __init__(
+        self,
+        sink: Sink,
+        stats: Stats,
+        *,
+        mapped: bool = False,
+        strict: bool = True,
+        max_record_bytes: int = 1 << 20,
+        on_record: RecordHook | None = None,
+    ) -> None:
+        self._sink = sink
+        self._stats = stats
+        self._mapped = mapped
+        self._strict = strict
+        self._on_record = on_record
+        self._line = 1  # next physical line when not mapped
+        self._text = PlainScanner(sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record)
+
+    @property
+    def pending(self) -> bool:
+        return self._text.pending
+
+    def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
+        """Take complete lines; `infos` gives their physical lines when `mapped`."""
+        other: list[bytes] = []
+        other_infos: list[LineInfo] = []
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for k, raw in enumerate(lines):
+            if self._mapped:
+                info = infos[k] if infos and k < len(infos) else LineInfo(0, 0, None)
+            else:
+                info = LineInfo(self._line, self._line, None)
+                self._line += 1
+                self._stats.lines += 1
+            if raw.startswith(b"{") and (self.record(raw, info) or self._strict):
+                continue
+            if self._strict and raw.strip():
+                self._stats.unmatched += 1
+            other.append(raw)
+            other_infos.append(info)
+        self._text.feed(b"\n".join(other) + b"\n" if other else b"", other_infos, final=final)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def record(self, raw: bytes, info: LineInfo) -> bool:
+        """One JSON record; False if it is not one (counted as a parse error when `strict`, else read as text)."""
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
+            obj = None
+        if not isinstance(obj, dict):
+            if self._strict:
+                self._stats.parse_errors += 1
+            return False
+        msg, ts, logger = record_fields(obj)
+        if self._on_record is not None:
+            self._on_record(msg, obj)
+        if b"most recent call last" not in raw and b'"exc_type"' not in raw:
+            return True
+        chain = chain_of(obj)
+        if chain is not None:
+            self._stats.events += 1
+            self._sink(Event(info.first, info.last, ts or info.time, logger, chain))
+        return True

@@ -146,6 +146,8 @@ class MonitorConnection:
         try:
             conn = await self._connect(self._target, self._target.collect.budget)
         except asyncio.CancelledError:
+            # The collection budget ran out mid-connect (a server that accepts but never answers): back off too.
+            self._failed(TimeoutError("connect cut short by the collection budget"))
             raise
         except Exception as exc:
             self._failed(exc)

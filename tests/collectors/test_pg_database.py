@@ -1,0 +1,78 @@
+"""pg_database against a real PostgreSQL 15: counters follow real commits, rollbacks, deadlocks and temp files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+
+from dbwatch import metrics as m
+from tests.collectors.conftest import harness
+from tests.helpers import eventually
+
+
+async def _deadlock(dsn: str) -> None:
+    """Two transactions lock two rows in opposite order; the server aborts one of them."""
+    a, b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await a.execute("BEGIN; UPDATE dl SET v = v + 1 WHERE id = 1")
+        await b.execute("BEGIN; UPDATE dl SET v = v + 1 WHERE id = 2")
+        first = asyncio.ensure_future(a.execute("UPDATE dl SET v = v + 1 WHERE id = 2"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(b.execute("UPDATE dl SET v = v + 1 WHERE id = 1"))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert any(isinstance(r, asyncpg.DeadlockDetectedError) for r in results)
+    finally:
+        for c in (a, b):
+            with contextlib.suppress(asyncpg.PostgresError):
+                await c.execute("ROLLBACK")
+            await c.close()
+
+
+async def test_counters_follow_the_servers_own(pg_factory) -> None:
+    """Commits, rollbacks, a real deadlock and a real temp file show up as counter increases; a stats reset
+    on the server does not make the counter go down."""
+    pg = pg_factory(settings={"deadlock_timeout": "'100ms'"})
+    setup = await asyncpg.connect(pg.dsn)
+    await setup.execute("CREATE TABLE dl (id int PRIMARY KEY, v int); INSERT INTO dl VALUES (1, 0), (2, 0)")
+    try:
+        async with harness(pg.dsn) as h:
+            await h.collect("pg_database")
+            c = lambda spec: h.store.counter_value(spec, ("db", "appdb"))  # noqa: E731
+            commits, rollbacks, deadlocks, temp = (
+                c(m.PG_DATABASE_XACT_COMMIT),
+                c(m.PG_DATABASE_XACT_ROLLBACK),
+                c(m.PG_DATABASE_DEADLOCKS),
+                c(m.PG_DATABASE_TEMP_BYTES),
+            )
+            assert commits > 0  # the first collection starts from the server's value
+            for _ in range(5):
+                await setup.execute("BEGIN; SELECT 1; ROLLBACK")
+            await _deadlock(pg.dsn)
+            await setup.execute(
+                "SET work_mem = '64kB';"
+                " SELECT count(*) FROM (SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC) s"
+            )
+            await asyncio.sleep(0.6)  # the stats collector flushes pending counts at most every 500 ms
+
+            async def grown() -> bool:
+                await h.collect("pg_database")
+                return c(m.PG_DATABASE_DEADLOCKS) >= deadlocks + 1 and c(m.PG_DATABASE_TEMP_BYTES) > temp
+
+            await eventually(grown, timeout=10, interval=0.3)
+            assert c(m.PG_DATABASE_XACT_ROLLBACK) >= rollbacks + 5
+            assert c(m.PG_DATABASE_XACT_COMMIT) > commits
+            assert c(m.PG_DATABASE_TEMP_FILES) >= 1
+            assert c(m.PG_DATABASE_BLKS_HIT) > 0
+            # Shared catalogs have a NULL datname row: kept as ''.
+            assert h.store.counter_value(m.PG_DATABASE_BLKS_HIT, ("db", "")) > 0
+            before = c(m.PG_DATABASE_XACT_COMMIT)
+            su = await asyncpg.connect(**pg.cluster.superuser_kwargs("appdb"))
+            await su.execute("SELECT pg_stat_reset()")
+            await su.close()
+            await asyncio.sleep(0.6)
+            await h.collect("pg_database")
+            assert c(m.PG_DATABASE_XACT_COMMIT) >= before
+    finally:
+        await setup.close()

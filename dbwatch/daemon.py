@@ -36,9 +36,12 @@ async def serve(
     app = build_app(config, store, web_config=web_config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
+    ssl_context = web_config.ssl_context()
+    reloader = web_config.reloader(ssl_context)
+    reload_task = asyncio.create_task(reloader.run(web_config.reload_interval)) if reloader else None
     try:
         host, port = config.listen
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=web_config.ssl_context())
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         bound = port
         sockets = getattr(site._server, "sockets", None)  # the real port when asked for port 0
@@ -50,6 +53,9 @@ async def serve(
         await stop.wait()
         log.info("server_stopping")
     finally:
+        if reload_task:
+            reload_task.cancel()
+            await asyncio.gather(reload_task, return_exceptions=True)
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

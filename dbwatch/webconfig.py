@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import bcrypt
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from dbwatch.config import ConfigError, _bool, _Node, _str, read_yaml
 
-__all__ = ["HEALTH_PATHS", "TLSConfig", "WebConfig", "load"]
+__all__ = ["HEALTH_PATHS", "TLSConfig", "TLSReloader", "WebConfig", "load"]
+
+log = structlog.get_logger("dbwatch.webconfig")
 
 HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
@@ -84,6 +87,8 @@ class WebConfig:
     users: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     headers: tuple[tuple[str, str], ...] = ()
     open_health_endpoints: bool = True
+    # How often the certificate files are checked for a rotation (not a file key; exporter-toolkit re-reads them too).
+    reload_interval: float = 10.0
 
     @property
     def requires_client_cert(self) -> bool:
@@ -116,6 +121,10 @@ class WebConfig:
         ctx.verify_mode = mode
         return ctx
 
+    def reloader(self, ctx: ssl.SSLContext | None) -> TLSReloader | None:
+        """A watcher that loads rotated certificate files into `ctx`, or None without TLS."""
+        return TLSReloader(self.tls, ctx) if self.tls is not None and ctx is not None else None
+
     def middleware(self) -> Middleware:
         """aiohttp middleware enforcing basic auth and a verified client certificate, and adding headers."""
         checker = _PasswordChecker(self.users)
@@ -145,6 +154,52 @@ class WebConfig:
             "basic_auth_users": len(self.users),
             "open_health_endpoints": self.open_health_endpoints,
         }
+
+
+class TLSReloader:
+    """Loads a rotated certificate, key or client CA into the live context, after checking them on a fresh one."""
+
+    def __init__(self, tls: TLSConfig, ctx: ssl.SSLContext) -> None:
+        self._tls = tls
+        self._ctx = ctx
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in (self._tls.cert_file, self._tls.key_file, self._tls.client_ca_file):
+            try:
+                st = os.stat(path) if path else None  # follows the ..data symlink a Kubernetes Secret volume swaps
+            except OSError:
+                st = None
+            out.append((st.st_mtime_ns, st.st_ino, st.st_size) if st else None)
+        return tuple(out)
+
+    def check(self) -> bool:
+        """Reload if any file changed; True when the live context now holds the new files."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        t = self._tls
+        try:
+            trial = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # a half-written pair never reaches the live context
+            trial.load_cert_chain(t.cert_file, t.key_file)
+            if t.client_ca_file:
+                trial.load_verify_locations(cafile=t.client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("web_tls_reload_failed", reason=_why(exc))
+            return False
+        self._ctx.load_cert_chain(t.cert_file, t.key_file)
+        if t.client_ca_file:
+            self._ctx.load_verify_locations(cafile=t.client_ca_file)  # adds; removing a CA needs a restart
+        log.info("web_tls_reloaded")
+        return True
+
+    async def run(self, interval: float) -> None:
+        """Check every `interval` seconds until cancelled (owned by the daemon)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
 
 
 def _peer_cert(request: web.Request) -> bool:

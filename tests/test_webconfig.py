@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import bcrypt
 import pytest
+import structlog.testing
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dbwatch.config import ConfigError
 from dbwatch.webconfig import WebConfig, from_mapping, load
-from tests.helpers import SENTINEL, SENTINEL_FORMS, run_cli, running
+from tests.helpers import SENTINEL, SENTINEL_FORMS, eventually, run_cli, running
 
 USER = "prometheus"
 
@@ -236,6 +237,62 @@ async def test_tls_min_version_and_headers(ca: CA) -> None:
         status, _, headers = await _get(d.base, "/metrics", ca.client_context())
         assert status == 200
         assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def _peer_serial(port: int, ctx: ssl.SSLContext) -> int:
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
+
+
+async def test_rotated_certificate_is_loaded_without_restart(ca: CA, tmp_path: Path) -> None:
+    """Swap the certificate files as a Kubernetes Secret update does: new handshakes get the new certificate;
+    a half-written (mismatched) pair is refused and the old certificate keeps serving."""
+    import dataclasses
+    import shutil
+
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("server.crt", "server.key"):
+        shutil.copy(ca.path(name), live / name)
+    web = from_mapping(
+        {"tls_server_config": {"cert_file": str(live / "server.crt"), "key_file": str(live / "server.key")}}
+    )
+    web = dataclasses.replace(web, reload_interval=0.1)
+    root = (
+        serialization.load_pem_private_key((ca.dir / "ca.key").read_bytes(), None),
+        x509.load_pem_x509_certificate((ca.dir / "ca.crt").read_bytes()),
+    )
+    with structlog.testing.capture_logs() as events:
+        await _rotate(web, ca, tmp_path, live, root)
+    names = [e["event"] for e in events if e["event"].startswith("web_tls")]
+    assert names == ["web_tls_reload_failed", "web_tls_reloaded"]
+
+
+async def _rotate(web: WebConfig, ca: CA, tmp_path: Path, live: Path, root: Any) -> None:
+    import os
+    import shutil
+
+    async with running({"targets": []}, web) as d:
+        first = await _peer_serial(d.port, ca.client_context())
+        # A mismatched pair (new certificate, old key) must not replace the working one.
+        _issue(tmp_path, "next", root, server=True)  # type: ignore[arg-type]
+        shutil.copy(tmp_path / "next.crt", live / "server.crt.tmp")
+        os.replace(live / "server.crt.tmp", live / "server.crt")
+        await asyncio.sleep(0.5)
+        assert await _peer_serial(d.port, ca.client_context()) == first
+        shutil.copy(tmp_path / "next.key", live / "server.key.tmp")
+        os.replace(live / "server.key.tmp", live / "server.key")
+        want = x509.load_pem_x509_certificate((tmp_path / "next.crt").read_bytes()).serial_number
+        await eventually(lambda: _peer_serial(d.port, ca.client_context()), timeout=5)
+        assert await eventually(lambda: _serial_is(d.port, ca.client_context(), want), timeout=5)
+
+
+async def _serial_is(port: int, ctx: ssl.SSLContext, want: int) -> bool:
+    return await _peer_serial(port, ctx) == want
 
 
 def _bad_cases(ca: CA, pw_hash: str) -> list[tuple[dict[str, Any], str]]:

@@ -28,7 +28,9 @@ __all__ = [
     "ConfigError",
     "HookConfig",
     "LogConfig",
+    "LogSource",
     "LoginCheck",
+    "LogsConfig",
     "Target",
     "Window",
     "access_config",
@@ -192,6 +194,50 @@ class SLO:
     description: str = ""
 
 
+LOG_SOURCE_FORMATS: Final = ("auto", "plain", "json", "cri", "docker")
+START_AT: Final = ("beginning", "end")
+_SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS: Final = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 10**6,
+    "GB": 10**9,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    """One log source: a path or glob of files read in one format; its name is the `source` label."""
+
+    name: str
+    path: str
+    format: str = "auto"
+    app_roots: tuple[str, ...] = ()
+    app_packages: tuple[str, ...] = ()
+    access: AccessConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogsConfig:
+    """Log watching: sources, where positions are kept, the caps that bound memory and label values."""
+
+    sources: tuple[LogSource, ...] = ()
+    state_dir: str | None = None
+    start_at: str = "beginning"
+    poll_interval: float = 1.0
+    app_roots: tuple[str, ...] = ()
+    app_packages: tuple[str, ...] = ()
+    max_line_bytes: int = 1 << 20
+    max_record_bytes: int = 1 << 20
+    max_files: int = 1024
+    max_locations: int = 50
+    max_exceptions: int = 50
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
@@ -201,6 +247,7 @@ class Config:
     targets: tuple[Target, ...] = ()
     hook: HookConfig | None = None
     slos: tuple[SLO, ...] = ()
+    logs: LogsConfig = field(default_factory=LogsConfig)
 
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
@@ -229,7 +276,32 @@ class Config:
                 for t in self.targets
             ],
             **({"hook": _hook_redacted(self.hook)} if self.hook else {}),
+            **({"logs": _logs_redacted(self.logs)} if self.logs.sources else {}),
         }
+
+
+def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
+    return {
+        "state_dir": c.state_dir,
+        "start_at": c.start_at,
+        "poll_interval": c.poll_interval,
+        "sources": [
+            {
+                "name": s.name,
+                "path": s.path,
+                "format": s.format,
+                "app_roots": list(s.app_roots or c.app_roots),
+                "app_packages": list(s.app_packages or c.app_packages),
+                "access": s.access is not None,
+            }
+            for s in c.sources
+        ],
+        "max_line_bytes": c.max_line_bytes,
+        "max_record_bytes": c.max_record_bytes,
+        "max_files": c.max_files,
+        "max_locations": c.max_locations,
+        "max_exceptions": c.max_exceptions,
+    }
 
 
 def _redacted_collect(c: CollectConfig) -> dict[str, Any]:
@@ -916,9 +988,119 @@ def _slo(raw: Any, path: str, targets: dict[str, Target]) -> SLO:
     )
 
 
+def _size(value: Any, path: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a size like 1048576 or 1MiB")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(_str(value, path))
+        if not m:
+            raise ConfigError(f"{path}: expected a size like 1048576 or 1MiB")
+        n = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if n < 1024:
+        raise ConfigError(f"{path}: must be at least 1KiB")
+    return n
+
+
+def _positive(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected a whole number, got {_typename(value)}")
+    if value < 1:
+        raise ConfigError(f"{path}: must be >= 1")
+    return value
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of strings, got {_typename(value)}")
+    return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _roots(value: Any, path: str) -> tuple[str, ...]:
+    return tuple(os.path.abspath(r) for r in _strings(value, path))
+
+
+_SOURCE_KEYS: Final = ("name", "path", "format", "app_roots", "app_packages", "access")
+
+
+def _source(raw: Any, path: str) -> LogSource:
+    node = _Node(raw, path).only(*_SOURCE_KEYS)
+    if not node.has("name"):
+        raise ConfigError(f"{path}.name: missing (every log source is named by you; the name is its label)")
+    name = node.take("name", _str, "")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{path}.name: use 1-63 letters, digits, '_', '.', ':' or '-'")
+    if not node.has("path"):
+        raise ConfigError(f"{path}.path: missing (a file or glob, e.g. /var/log/app/*.log)")
+    file_path = node.take("path", _str, "")
+    source = LogSource(
+        name=name,
+        path=file_path,
+        format=node.take("format", _choice(LOG_SOURCE_FORMATS), "auto"),
+        app_roots=node.take("app_roots", _roots, ()),
+        app_packages=node.take("app_packages", _strings, ()),
+        access=access_config(node.raw.pop("access"), f"{path}.access") if node.has("access") else None,
+    )
+    node.done()
+    return source
+
+
+_LOGS_KEYS: Final = (
+    "sources",
+    "state_dir",
+    "start_at",
+    "poll_interval",
+    "app_roots",
+    "app_packages",
+    "max_line_bytes",
+    "max_record_bytes",
+    "max_files",
+    "max_locations",
+    "max_exceptions",
+)
+
+
+def _logs(raw: Any, path: str) -> LogsConfig:
+    node = _Node(raw if raw is not None else {}, path).only(*_LOGS_KEYS)
+    raw_sources: object = node.take("sources", lambda v, p: v, [])
+    if not isinstance(raw_sources, list):
+        raise ConfigError(f"{path}.sources: expected a list, got {_typename(raw_sources)}")
+    sources: list[LogSource] = []
+    seen: dict[str, int] = {}
+    for i, raw_s in enumerate(raw_sources):
+        s = _source(raw_s, f"{path}.sources[{i}]")
+        if s.name in seen:
+            raise ConfigError(f"{path}.sources[{i}].name: duplicate name {s.name!r} (also sources[{seen[s.name]}])")
+        seen[s.name] = i
+        sources.append(s)
+    state_dir = node.take("state_dir", _str, "") or None
+    if state_dir is None and sources:
+        state_dir = os.environ.get("DBWATCH_STATE_DIR") or None  # the container image sets it
+    if state_dir is not None and not (os.path.isdir(state_dir) and os.access(state_dir, os.W_OK | os.X_OK)):
+        raise ConfigError(f"{path}.state_dir: {state_dir} is not a writable directory")
+    cfg = LogsConfig(
+        sources=tuple(sources),
+        state_dir=state_dir,
+        start_at=node.take("start_at", _choice(START_AT), "beginning"),
+        poll_interval=node.take("poll_interval", _duration, 1.0),
+        app_roots=node.take("app_roots", _roots, ()),
+        app_packages=node.take("app_packages", _strings, ()),
+        max_line_bytes=node.take("max_line_bytes", _size, 1 << 20),
+        max_record_bytes=node.take("max_record_bytes", _size, 1 << 20),
+        max_files=node.take("max_files", _positive, 1024),
+        max_locations=node.take("max_locations", _positive, 50),
+        max_exceptions=node.take("max_exceptions", _positive, 50),
+    )
+    node.done()
+    return cfg
+
+
 def from_mapping(raw: object) -> Config:
     """Validate already-parsed YAML into a Config."""
-    node = _Node(raw if raw is not None else {}, "").only("listen", "log", "defaults", "targets", "hook", "slos")
+    node = _Node(raw if raw is not None else {}, "").only(
+        "listen", "log", "defaults", "targets", "hook", "slos", "logs"
+    )
     listen = node.take("listen", _listen, DEFAULT_LISTEN)
     log_node = _Node(node.take("log", lambda v, p: v, {}), "log").only("level", "format")
     log = LogConfig(
@@ -952,8 +1134,9 @@ def from_mapping(raw: object) -> Config:
         if any(o.name == slo.name for o in slos):
             raise ConfigError(f"slos[{i}].name: duplicate name {slo.name!r}")
         slos.append(slo)
+    logs = _logs(node.take("logs", lambda v, p: v, {}), "logs")
     node.done()
-    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos))
+    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs)
 
 
 def read_yaml(path: str | Path, what: str = "config") -> object:

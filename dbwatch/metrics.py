@@ -487,4 +487,58 @@ PGBOUNCER_AVG_WAIT_TIME = MetricSpec(
     ("target", "database"),
 )
 
+# --- logs (dbwatch/logs/) -------------------------------------------------------------------
+LOG_EXCEPTIONS = MetricSpec(
+    "dbwatch_log_exceptions",
+    MetricType.COUNTER,
+    "Exceptions in logged tracebacks by category (closed set), class and deepest app frame (path:line, top-N per "
+    "source then __other__); each leaf of an exception group counts. Empty exception/location: the zero series.",
+    ("source", "category", "exception", "location"),
+)
+LOG_LINES = MetricSpec("dbwatch_log_lines", MetricType.COUNTER, "Physical lines read from a log source.", ("source",))
+LOG_BYTES = MetricSpec("dbwatch_log_read_bytes", MetricType.COUNTER, "Bytes read from a log source.", ("source",))
+LOG_UNMATCHED = MetricSpec(
+    "dbwatch_log_unmatched_lines",
+    MetricType.COUNTER,
+    "Lines with no known record shape for the source's format (not JSON in a JSON log, not a CRI record, ...).",
+    ("source",),
+)
+LOG_PARSE_ERRORS = MetricSpec(
+    "dbwatch_log_parse_errors",
+    MetricType.COUNTER,
+    "Records that had the format's shape but failed to parse (bad or too deeply nested JSON, a broken traceback).",
+    ("source",),
+)
+LOG_TRUNCATED = MetricSpec(
+    "dbwatch_log_truncated_records",
+    MetricType.COUNTER,
+    "Lines and records cut at logs.max_line_bytes / logs.max_record_bytes.",
+    ("source",),
+)
+LOG_LAST_EVENT = MetricSpec(
+    "dbwatch_log_last_event_timestamp_seconds",
+    MetricType.GAUGE,
+    "Unix time of the newest logged traceback of the source (its record's time, else when it was read).",
+    ("source",),
+)
+LOG_ROTATIONS = MetricSpec(
+    "dbwatch_log_rotations",
+    MetricType.COUNTER,
+    "Log files rotated away (rename: finished through the old descriptor) or truncated in place (truncate).",
+    ("source", "kind"),
+)
+LOG_FILE_ERRORS = MetricSpec(
+    "dbwatch_log_file_errors",
+    MetricType.COUNTER,
+    "Log files that could not be opened or read.",
+    ("source",),
+)
+LOG_FILES = MetricSpec("dbwatch_log_files", MetricType.GAUGE, "Files the source follows now.", ("source",))
+LOG_BACKLOG = MetricSpec(
+    "dbwatch_log_backlog_bytes",
+    MetricType.GAUGE,
+    "Bytes written to the source's files and not read yet.",
+    ("source",),
+)
+
 ALL: tuple[MetricSpec, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricSpec))

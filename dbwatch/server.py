@@ -17,6 +17,7 @@ from dbwatch import metrics as m
 from dbwatch.collectors.job import collector_jobs
 from dbwatch.config import Config
 from dbwatch.ingest import Ingest, running_ingest
+from dbwatch.logs.tailer import LogWatcher
 from dbwatch.monconn import Monitors
 from dbwatch.probes import ProbeJob
 from dbwatch.scheduler import Job, Scheduler
@@ -28,6 +29,7 @@ __all__ = ["INGEST", "SCHEDULER", "STORE", "build_app", "build_jobs", "build_reg
 STORE = web.AppKey("store", Store)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+LOGS = web.AppKey("logs", LogWatcher)
 INGEST = web.AppKey("ingest", Ingest)
 
 
@@ -77,6 +79,16 @@ def build_app(
                 yield
 
         app.cleanup_ctx.append(run_ingest)
+    if config.logs.sources:
+        watcher = LogWatcher(config.logs, store)
+        app[LOGS] = watcher
+
+        async def run_logs(app: web.Application) -> AsyncIterator[None]:
+            watcher.start()
+            yield
+            await watcher.stop()
+
+        app.cleanup_ctx.append(run_logs)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -98,6 +110,8 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     dead = request.app[SCHEDULER].dead()
+    if LOGS in request.app:
+        dead += request.app[LOGS].dead()
     if dead:
         return _json(503, {"status": "fail", "dead_tasks": dead})
     return _json(200, {"status": "ok", "tasks": len(request.app[SCHEDULER].jobs)})

@@ -7,6 +7,7 @@ With no specific match, any database-library exception makes it `other_db`, else
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Final
 
 from dbwatch.logs.traceback import Chain, Exc, Frame
 
-__all__ = ["AppRules", "Category", "Verdict", "classify_chain", "qualify"]
+__all__ = ["AppRules", "Category", "Classified", "Classifier", "Verdict", "classify_chain", "classify_event", "qualify"]
 
 
 class Category(StrEnum):
@@ -35,7 +36,8 @@ class Category(StrEnum):
     OTHER = "other"
 
 
-# (category, class-name suffixes, message regex); the first matching rule wins, classes before messages.
+# (category, class names, message regex); the first rule whose class or message matches wins (so a
+# ConnectionDoesNotExistError saying "idle-in-transaction timeout" is that, not a plain closed connection).
 _RULES: Final[tuple[tuple[Category, tuple[str, ...], str | None], ...]] = (
     (Category.MISSING_GREENLET, ("MissingGreenlet",), r"greenlet_spawn has not been called"),
     (
@@ -102,11 +104,8 @@ def qualify(name: str) -> str:
 
 def _category(exc: Exc) -> Category | None:
     short = exc.cls.rsplit(".", 1)[-1]
-    for cat, names, _rx in _COMPILED:
-        if short in names:
-            return cat
-    for cat, _names, rx in _COMPILED:
-        if rx is not None and rx.search(exc.message):
+    for cat, names, rx in _COMPILED:
+        if short in names or (rx is not None and rx.search(exc.message)):
             return cat
     if exc.cls == "sqlalchemy.exc.TimeoutError":
         return Category.POOL_TIMEOUT
@@ -126,15 +125,15 @@ _STDLIB_RE: Final = re.compile(r"[/\\]lib(?:64)?[/\\]python\d(?:\.\d+)?[/\\]")
 class AppRules:
     """Which frames are application code: under an app root, or in a top-level app package (even in site-packages).
 
-    With neither configured, any frame outside site-packages, the standard library and `<frozen ...>` counts.
+    With neither configured, any absolute `.py` path outside site-packages and the standard library counts.
     """
 
     roots: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
 
     def is_app(self, path: str) -> bool:
-        if path.startswith("<") or not path:
-            return False
+        if path.startswith("<") or not path.endswith(".py"):
+            return False  # <frozen ...>, <string>, compiled frames (.pyx) are never the app's
         site = _SITE_RE.search(path)
         if self.packages:
             top = site.group(1) if site else None
@@ -150,13 +149,17 @@ class AppRules:
             return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.roots)
         if self.packages:
             return False
-        return not _STDLIB_RE.search(path)
+        return os.path.isabs(path) and not _STDLIB_RE.search(path)
 
     def short(self, path: str) -> str:
         """The path as a label: relative to its app root, or from its package in site-packages."""
         site = _SITE_RE.search(path)
         if site:
             return path[site.start(1) :]
+        for p in self.packages:
+            k = path.find(f"/{p}/")
+            if k >= 0:
+                return path[k + 1 :]
         for r in self.roots:
             base = r.rstrip("/") + "/"
             if path.startswith(base):
@@ -229,7 +232,8 @@ def classify_event(chain: Chain, rules: AppRules) -> Classified:
         return Classified(v.category, names[0], names[-1], names, v.location, (), (v,), redact(chain.final.message))
     group_frames = [f for e in chain.excs for f in e.frames]
     verdicts = tuple(classify_chain(leaf, rules, group_frames) for leaf in leaves)
-    category = next((v.category for v in verdicts if v.category is not Category.OTHER), Category.OTHER)
+    order = list(Category)  # a group's own category: its leaves' first in declaration order (missing_greenlet first)
+    category = min((v.category for v in verdicts), key=order.index, default=Category.OTHER)
     location = next((v.location for v in verdicts if v.category is category and v.location), None)
     if location is None:
         location = _deepest_app(group_frames, rules)
@@ -254,3 +258,23 @@ def redact(message: str) -> str:
     for rx, repl in _SECRET_RES:
         message = rx.sub(repl, message)
     return message
+
+
+class Classifier:
+    """classify_event with a small cache by chain identity (the plain scanner hands out one Chain per distinct text)."""
+
+    __slots__ = ("_cache", "_rules")
+
+    def __init__(self, rules: AppRules, size: int = 512) -> None:
+        self._rules = rules
+        self._cache: dict[int, tuple[Chain, Classified]] = {}
+
+    def __call__(self, chain: Chain) -> Classified:
+        hit = self._cache.get(id(chain))
+        if hit is not None and hit[0] is chain:
+            return hit[1]
+        result = classify_event(chain, self._rules)
+        if len(self._cache) >= 512:
+            self._cache.clear()
+        self._cache[id(chain)] = (chain, result)
+        return result

@@ -32,6 +32,7 @@ class LineInfo:
     first: int
     last: int
     time: str | None
+    offset: int = 0  # byte offset of the first physical line, relative to where reading started
 
 
 @dataclass(slots=True)

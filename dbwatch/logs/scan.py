@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from dbwatch.logs.classify import AppRules, Category, Classified, classify_event
+from dbwatch.logs.classify import AppRules, Category, Classified, Classifier
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.record import Event, Stats
-from dbwatch.logs.traceback import Frame
+from dbwatch.logs.traceback import Chain, Frame
 
-__all__ = ["FileReport", "scan_file", "scan_files"]
+__all__ = ["FileReport", "scan_file", "scan_files", "summary", "to_json", "to_text", "write_json"]
 
 READ_SIZE: Final = 1 << 20
 PROGRESS_MIN_BYTES: Final = 8 << 20
+_NONE: Final = Chain(())
 
 
 @dataclass(slots=True)
@@ -61,8 +62,11 @@ def scan_file(
     stats = Stats()
     report = FileReport(str(path), fmt, stats)
 
+    classify = Classifier(rules)
+
     def sink(event: Event) -> None:
-        report.events.append((event, classify_event(event.chain, rules)))
+        c = classify(event.chain)  # keep the verdict, not the parsed chain: memory stays small for big files
+        report.events.append((Event(event.first_line, event.last_line, event.timestamp, event.logger, _NONE), c))
 
     splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes)
     with open(path, "rb") as f:
@@ -111,33 +115,42 @@ def summary(reports: Sequence[FileReport]) -> dict[str, dict[str, int]]:
     }
 
 
+def _event(e: Event, c: Classified) -> dict[str, Any]:
+    return {
+        "first_line": e.first_line,
+        "last_line": e.last_line,
+        "timestamp": e.timestamp,
+        "logger": e.logger,
+        "final_class": c.final_class,
+        "root_class": c.root_class,
+        "chain": list(c.chain),
+        "category": c.category.value,
+        "location": _loc(c.location),
+        "leaves": [
+            {"class": v.exception, "category": v.category.value, "location": _loc(v.location)} for v in c.leaves
+        ],
+    }
+
+
 def to_json(reports: Sequence[FileReport]) -> dict[str, Any]:
-    """The `--json` report."""
-    files: dict[str, Any] = {}
-    for r in reports:
-        files[r.name] = {
-            "format": r.format,
-            "lines": r.stats.lines,
-            "events": [
-                {
-                    "first_line": e.first_line,
-                    "last_line": e.last_line,
-                    "timestamp": e.timestamp,
-                    "logger": e.logger,
-                    "final_class": c.final_class,
-                    "root_class": c.root_class,
-                    "chain": list(c.chain),
-                    "category": c.category.value,
-                    "location": _loc(c.location),
-                    "leaves": [
-                        {"class": v.exception, "category": v.category.value, "location": _loc(v.location)}
-                        for v in c.leaves
-                    ],
-                }
-                for e, c in r.events
-            ],
-        }
+    """The `--json` report as one object."""
+    files = {
+        r.name: {"format": r.format, "lines": r.stats.lines, "events": [_event(e, c) for e, c in r.events]}
+        for r in reports
+    }
     return {"files": files, "summary": summary(reports)}
+
+
+def write_json(reports: Sequence[FileReport], out: IO[str]) -> None:
+    """The same object as to_json, written event by event so a report of many events needs little memory."""
+    out.write('{"files": {')
+    for i, r in enumerate(reports):
+        out.write(("," if i else "") + f"\n {json.dumps(r.name)}: ")
+        out.write(f'{{"format": {json.dumps(r.format)}, "lines": {r.stats.lines}, "events": [')
+        for k, (e, c) in enumerate(r.events):
+            out.write(("," if k else "") + "\n  " + json.dumps(_event(e, c)))
+        out.write("]}")
+    out.write('},\n "summary": ' + json.dumps(summary(reports)) + "}\n")
 
 
 def to_text(reports: Sequence[FileReport]) -> str:
@@ -190,7 +203,7 @@ def run(paths: Sequence[str], fmt: str, roots: Sequence[str], packages: Sequence
             sys.stderr.write(f"dbwatch scan: cannot read {p}: {exc.strerror or type(exc).__name__}\n")
             failed = True
     if as_json:
-        sys.stdout.write(json.dumps(to_json(reports), indent=1) + "\n")
+        write_json(reports, sys.stdout)
     else:
         sys.stdout.write(to_text(reports))
     return 1 if failed else 0

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 __all__ = [
     "GROUP_HEADER",
+    "SEPARATORS",
     "TB_HEADER",
     "Chain",
     "Exc",
@@ -31,6 +32,7 @@ GROUP_HEADER: Final = "Exception Group Traceback (most recent call last):"
 SEP_CAUSE: Final = "The above exception was the direct cause of the following exception:"
 SEP_CONTEXT: Final = "During handling of the above exception, another exception occurred:"
 _SEPS: Final = {SEP_CAUSE: "cause", SEP_CONTEXT: "context"}
+SEPARATORS: Final = frozenset(_SEPS)
 
 FRAME_RE: Final = re.compile(r'^\s*File "(.*)", line (\d+)(?:, in (.*))?$')
 # A class name as Python prints it (module.Qualname, `<locals>` allowed), then `: message` or nothing.
@@ -121,17 +123,26 @@ class Reader:
 
     __slots__ = ("_blank_run", "_col", "_foreign", "_is_start", "_msg", "_st", "complete")
 
-    def __init__(self, header: str, is_record_start: Callable[[str], bool] = _never) -> None:
+    def __init__(self, header: str | None, is_record_start: Callable[[str], bool] = _never) -> None:
         self._is_start = is_record_start
         self._msg = 0
         self._foreign = 0
         self._blank_run = 0
-        m = _GROUP_TOP_RE.match(header)
-        if m:
+        m = _GROUP_TOP_RE.match(header) if header is not None else None
+        if header is None:  # starts with a cause that was never raised: an exception line, no header
+            self._st, self._col = _St.SEP, 0
+        elif m:
             self._st, self._col = _St.GROUP, len(m.group(1))
         else:
             self._st, self._col = _St.FRAMES, 0
         self.complete = False  # True once the text read so far is a whole traceback
+
+    def copy(self) -> Reader:
+        """The same reader state, to try a line on without changing this one."""
+        other = Reader.__new__(Reader)
+        for name in Reader.__slots__:
+            setattr(other, name, getattr(self, name))
+        return other
 
     def feed(self, line: str) -> Verdict:
         st = self._st

@@ -16,6 +16,7 @@ class _Stream:
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
     first: int = 0
+    first_off: int = 0
     time: str | None = None
     truncated: bool = False
     out: list[bytes] = field(default_factory=list)
@@ -56,11 +57,11 @@ class StreamJoiner:
                 st = self._streams[name] = _Stream(inner)
         return st
 
-    def part(self, stream: str, text: bytes, last: bool, line: int, time: str | None) -> None:
+    def part(self, stream: str, text: bytes, last: bool, line: int, time: str | None, offset: int) -> None:
         """One record's text (without its newline); `last` when it ends the logical line."""
         st = self._stream(stream)
         if not st.parts and not st.truncated:
-            st.first, st.time = line, time
+            st.first, st.time, st.first_off = line, time, offset
         if st.size + len(text) > self._max_line:
             room = self._max_line - st.size
             if room > 0:
@@ -74,7 +75,7 @@ class StreamJoiner:
             if st.truncated:
                 self._stats.truncated += 1
             st.out.append(b"".join(st.parts).replace(b"\n", b" "))
-            st.infos.append(LineInfo(st.first, line, st.time))
+            st.infos.append(LineInfo(st.first, line, st.time, st.first_off))
             st.parts, st.size, st.truncated = [], 0, False
 
     def push(self, *, final: bool = False) -> None:
@@ -92,8 +93,19 @@ class StreamJoiner:
         """Input ended inside a split line: keep what arrived as the line."""
         self._stats.truncated += 1
         st.out.append(b"".join(st.parts))
-        st.infos.append(LineInfo(st.first, st.first, st.time))
+        st.infos.append(LineInfo(st.first, st.first, st.time, st.first_off))
         st.parts, st.size, st.truncated = [], 0, False
+
+    def hold(self) -> tuple[int, int] | None:
+        """The earliest (offset, line) still held by any stream: an open split line or an unfinished record."""
+        holds = []
+        for st in self._streams.values():
+            if st.parts or st.truncated:
+                holds.append((st.first_off, st.first))
+            h = st.inner.hold()
+            if h is not None:
+                holds.append(h)
+        return min(holds) if holds else None
 
     @property
     def pending(self) -> bool:

@@ -26,9 +26,11 @@ class CriLines:
         max_line_bytes: int = 1 << 20,
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
+        start_line: int = 1,
     ) -> None:
         self._stats = stats
-        self._line = 1
+        self._line = start_line
+        self._off = 0
         self._join = StreamJoiner(
             sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, on_record=on_record
         )
@@ -37,21 +39,25 @@ class CriLines:
     def pending(self) -> bool:
         return self._join.pending
 
+    def hold(self) -> tuple[int, int] | None:
+        return self._join.hold()
+
     def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         match = CRI_RE.match
         for raw in lines:
-            n = self._line
+            n, off = self._line, self._off
             self._line += 1
+            self._off += len(raw) + 1
             m = match(raw.rstrip(b"\r"))
             if m is None:
                 if raw.strip():
                     self._stats.unmatched += 1
                 continue
             stamp, stream, tag, text = m.groups()
-            self._join.part(stream.decode(), text or b"", tag == b"F", n, stamp.decode("ascii", "replace"))
+            self._join.part(stream.decode(), text or b"", tag == b"F", n, stamp.decode("ascii", "replace"), off)
         self._stats.lines += len(lines)
         self._join.push(final=final)
 

@@ -23,9 +23,11 @@ class DockerLines:
         max_line_bytes: int = 1 << 20,
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
+        start_line: int = 1,
     ) -> None:
         self._stats = stats
-        self._line = 1
+        self._line = start_line
+        self._off = 0
         self._join = StreamJoiner(
             sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, on_record=on_record
         )
@@ -34,13 +36,17 @@ class DockerLines:
     def pending(self) -> bool:
         return self._join.pending
 
+    def hold(self) -> tuple[int, int] | None:
+        return self._join.hold()
+
     def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         for raw in lines:
-            n = self._line
+            n, off = self._line, self._off
             self._line += 1
+            self._off += len(raw) + 1
             s = raw.strip()
             if not s:
                 continue
@@ -66,6 +72,7 @@ class DockerLines:
                 last,
                 n,
                 time if isinstance(time, str) else None,
+                off,
             )
         self._stats.lines += len(lines)
         self._join.push(final=final)

@@ -12,13 +12,17 @@ import re
 from typing import Final
 
 from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
-from dbwatch.logs.traceback import GROUP_HEADER, TB_HEADER, Reader, Verdict, parse
+from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, Reader, Verdict, parse
 
 __all__ = ["PlainScanner", "is_record_start", "record_meta"]
 
-_NEEDLE: Final = b"Traceback (most recent call last):"
 _TB_B: Final = TB_HEADER.encode()
-_GROUP_B: Final = b"+ " + GROUP_HEADER.encode()
+_GROUP_B: Final = b"  + " + GROUP_HEADER.encode()
+# Headers start a line: searching for newline + header skips every mention inside a line at memchr speed.
+_NEEDLES: Final = (b"\n" + _TB_B, b"\n" + _GROUP_B)
+BLOCK_KEY: Final = 512  # bytes of a traceback's start that key the cache of whole texts
+BLOCK_MAX: Final = 64 * 1024  # longer texts are not cached
+CACHE_SIZE: Final = 512  # parsed tracebacks kept by their text: the same stack logged again costs a lookup
 _LEVELS: Final = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|EXCEPTION"
 # The first line of a log record: a leading timestamp (logging's asctime, ISO 8601, gunicorn's bracketed one,
 # syslog's) or a leading level (uvicorn's `ERROR:    `, basicConfig's `ERROR:root:`).
@@ -34,6 +38,9 @@ _LOGGER_RES: Final = (
 )
 BACK_LINES: Final = 50  # how far above a traceback header its record's message line is looked for
 CONTEXT_BYTES: Final = 16 * 1024  # text kept from the previous buffer to find that line across a boundary
+
+
+_MISS: Final[Chain] = Chain(())
 
 
 def is_record_start(line: str) -> bool:
@@ -73,6 +80,7 @@ class PlainScanner:
         mapped: bool = False,
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
+        start_line: int = 1,
     ) -> None:
         self._sink = sink
         self._stats = stats
@@ -81,20 +89,31 @@ class PlainScanner:
         self._on_record = on_record
         self._buf = b""
         self._infos: list[LineInfo] = []
-        self._line0 = 1  # physical line of _buf[0] when not mapped
+        self._line0 = start_line  # physical line of _buf[0] when not mapped
+        self._base = 0  # offset of _buf[0] in the input when not mapped
+        self._buf_lines = 0  # lines in _buf (already counted)
         self._scan = 0  # offset in _buf where the header search resumes
         self._floor = 0  # a record start may not lie before this offset (the previous event's end)
+        self._cache: dict[tuple[str, ...], Chain | None] = {}
+        # traceback texts seen before: key (its first bytes) -> [(text, reader state at its end, lines, last line)]
+        self._blocks: dict[bytes, list[tuple[bytes, Reader, tuple[str, ...], int]]] = {}
 
     @property
     def pending(self) -> bool:
         """True while an unfinished traceback waits for more lines."""
         return self._scan < len(self._buf)
 
+    def hold(self) -> tuple[int, int] | None:
+        """(input offset, line) where the unfinished record starts, or None when nothing is held."""
+        if not self.pending:
+            return None
+        if self._mapped:
+            return (self._infos[0].offset, self._infos[0].first) if self._infos else None
+        return self._base, self._line0
+
     def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         """Take complete lines (`data` ends with a newline, or is empty); `infos` maps them when `mapped`."""
         if data:
-            if not self._mapped:
-                self._stats.lines += data.count(b"\n")
             if self._on_record is not None:
                 for raw in data.splitlines():
                     self._on_record(_decode(raw), None)
@@ -124,24 +143,41 @@ class PlainScanner:
         pos, floor = self._scan, self._floor
         cur_off, cur_idx = 0, 0  # incremental offset -> line index
         pending_from = -1
+        found = [-2, -2]  # next match of each needle at or after pos (-2: not searched yet)
         while pos < end:
-            i = buf.find(_NEEDLE, pos)
-            if i < 0:
+            ls = -1
+            if pos == 0 and buf.startswith((_TB_B, _GROUP_B)):
+                ls = 0
+            else:
+                for k, needle in enumerate(_NEEDLES):
+                    if found[k] != -1 and found[k] < pos - 1:
+                        found[k] = buf.find(needle, max(pos - 1, 0))
+                    if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
+                        ls = found[k] + 1
+            if ls < 0:
                 pos = end
                 break
-            ls = buf.rfind(b"\n", 0, i) + 1
-            nl = buf.find(b"\n", i)
+            nl = buf.find(b"\n", ls)
             head = buf[ls:nl].rstrip(b"\r")
-            if ls < floor or not (head == _TB_B or (head.endswith(_GROUP_B) and not head[: -len(_GROUP_B)].strip())):
-                pos = nl + 1  # a decoy: the words inside some other line
+            if ls < floor or head not in (_TB_B, _GROUP_B):
+                pos = nl + 1  # not a header line after all (text follows it)
                 continue
-            rs = self._record_start(buf, ls, floor)
-            reader = Reader(_decode(head), is_record_start)
-            lines: list[str] = [_decode(head)]
+            rs, headless = self._record_start(buf, ls, floor)
+            if headless:  # the chain opens with a cause printed without a traceback, right after the message
+                reader = Reader(None, is_record_start)
+                lines: list[str] = []
+                p = buf.find(b"\n", rs) + 1
+            else:
+                reader = Reader(_decode(head), is_record_start)
+                lines = [_decode(head)]
+                p = nl + 1
             last_off = ls
-            p = nl + 1
             ended = truncated = False
-            while p < end:
+            known = None if headless else self._known(buf, ls, end)
+            if known is not None:  # the same traceback text as before, ending at the same place
+                lines, p, last_off = list(known[0]), known[1], known[2]
+                ended = True
+            while not ended and p < end:
                 q = buf.find(b"\n", p)
                 line = _decode(buf[p:q])
                 v = reader.feed(line)
@@ -156,6 +192,8 @@ class PlainScanner:
                 if p - rs > self._max_record:
                     truncated = True
                     break
+            if ended and known is None and not headless and p - ls <= BLOCK_MAX:
+                self._remember(buf, ls, p, last_off, lines, reader)
             if not (ended or truncated or final):
                 pending_from = rs
                 pos = ls
@@ -178,17 +216,56 @@ class PlainScanner:
                 keep = buf.rfind(b"\n", 0, keep) + 1
                 keep = max(keep, floor)
             self._scan = end - keep
-        dropped = buf.count(b"\n", 0, keep)
+        # one newline count over the buffer serves the event line numbers, the line total and the carry
+        if keep >= cur_off:
+            dropped = cur_idx + buf.count(b"\n", cur_off, keep)
+            total = dropped + buf.count(b"\n", keep)
+        else:
+            total = cur_idx + buf.count(b"\n", cur_off)
+            dropped = total - buf.count(b"\n", keep)
+        if not self._mapped:
+            self._stats.lines += total - self._buf_lines
+        self._buf_lines = total - dropped
         self._floor = max(floor - keep, 0)
         self._buf = buf[keep:]
         if self._mapped:
             del self._infos[:dropped]
         else:
             self._line0 += dropped
+            self._base += keep
 
-    def _record_start(self, buf: bytes, ls: int, floor: int) -> int:
-        """Offset of the record's first line above a header: a record-start line within BACK_LINES, else the header."""
+    def _known(self, buf: bytes, ls: int, end: int) -> tuple[tuple[str, ...], int, int] | None:
+        """A traceback seen before, byte for byte, whose next line ends it again: (lines, end, last line offset)."""
+        for block, state, lines, last_rel in self._blocks.get(buf[ls : ls + BLOCK_KEY], ()):
+            stop = ls + len(block)
+            if stop >= end or not buf.startswith(block, ls):
+                continue
+            q = buf.find(b"\n", stop)
+            if state.copy().feed(_decode(buf[stop:q])) is Verdict.END:
+                return lines, stop, ls + last_rel
+        return None
+
+    def _remember(self, buf: bytes, ls: int, stop: int, last_off: int, lines: list[str], reader: Reader) -> None:
+        """Keep a finished traceback's text and the reader's state before the line that ended it."""
+        if len(self._blocks.get(buf[ls : ls + BLOCK_KEY], ())) >= 4:
+            return
+        state = Reader(_decode(buf[ls : buf.find(b"\n", ls)]), is_record_start)
+        p = buf.find(b"\n", ls) + 1
+        while p < stop:
+            q = buf.find(b"\n", p)
+            state.feed(_decode(buf[p:q]))
+            p = q + 1
+        if len(self._blocks) >= CACHE_SIZE:
+            self._blocks.clear()
+        entries = self._blocks.setdefault(buf[ls : ls + BLOCK_KEY], [])
+        if len(entries) < 4:
+            entries.append((buf[ls:stop], state, tuple(lines), last_off - ls))
+
+    def _record_start(self, buf: bytes, ls: int, floor: int) -> tuple[int, bool]:
+        """The record's first line above a header (a record-start line within BACK_LINES, else the header itself),
+        and whether a chain separator lies between them (the chain opens with a cause that has no traceback)."""
         p = ls
+        blank = sep = False
         for _ in range(BACK_LINES):
             if p <= floor or p == 0:
                 break
@@ -197,16 +274,28 @@ class PlainScanner:
                 break
             line = _decode(buf[prev : p - 1])
             if not line.strip():
+                blank = True
+            elif line in SEPARATORS:
+                sep = True
+            elif is_record_start(line):
+                if blank and not sep:
+                    break  # a blank line between them: that record is not this traceback's
+                return prev, sep
+            elif blank and not sep:
                 break
-            if is_record_start(line):
-                return prev
             p = prev
-        return ls
+        return ls, False
 
     def _emit(self, buf: bytes, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
         if truncated:
             self._stats.truncated += 1
-        chain = parse(lines)
+        key = tuple(lines)
+        chain = self._cache.get(key, _MISS)
+        if chain is _MISS:
+            chain = parse(lines)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = chain
         if chain is None:
             self._stats.parse_errors += 1
             return

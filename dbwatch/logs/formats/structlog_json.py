@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from dbwatch.logs.formats.plain import PlainScanner
 from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
-from dbwatch.logs.traceback import GROUP_HEADER, TB_HEADER, Chain, from_dicts, parse
+from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
 
 __all__ = ["JsonLines", "chain_of", "record_fields"]
 
@@ -22,8 +22,10 @@ TIME_KEYS: Final = ("timestamp", "time", "@timestamp", "ts", "asctime")
 LOGGER_KEYS: Final = ("logger", "logger_name", "name")
 
 
-def _text_chain(text: str) -> Chain | None:
+def _text_chain(text: str, *, whole: bool = False) -> Chain | None:
     lines = text.splitlines()
+    if whole and any(line in SEPARATORS for line in lines):
+        return parse(lines)  # it may open with a cause that has no traceback of its own
     for i, line in enumerate(lines):
         s = line.strip()
         if s == TB_HEADER or s == "+ " + GROUP_HEADER:
@@ -36,7 +38,7 @@ def chain_of(obj: Mapping[str, Any]) -> Chain | None:
     for key in EXC_KEYS:
         value = obj.get(key)
         if isinstance(value, str) and "most recent call last" in value:
-            chain = _text_chain(value)
+            chain = _text_chain(value, whole=True)
             if chain is not None:
                 return chain
         elif isinstance(value, list) and value and isinstance(value[0], dict) and "exc_type" in value[0]:
@@ -72,18 +74,23 @@ class JsonLines:
         strict: bool = True,
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
+        start_line: int = 1,
     ) -> None:
         self._sink = sink
         self._stats = stats
         self._mapped = mapped
         self._strict = strict
         self._on_record = on_record
-        self._line = 1  # next physical line when not mapped
+        self._line = start_line  # next physical line when not mapped
+        self._off = 0  # input offset of the next line when not mapped
         self._text = PlainScanner(sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record)
 
     @property
     def pending(self) -> bool:
         return self._text.pending
+
+    def hold(self) -> tuple[int, int] | None:
+        return self._text.hold()
 
     def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         """Take complete lines; `infos` gives their physical lines when `mapped`."""
@@ -96,8 +103,9 @@ class JsonLines:
             if self._mapped:
                 info = infos[k] if infos and k < len(infos) else LineInfo(0, 0, None)
             else:
-                info = LineInfo(self._line, self._line, None)
+                info = LineInfo(self._line, self._line, None, self._off)
                 self._line += 1
+                self._off += len(raw) + 1
                 self._stats.lines += 1
             if raw.startswith(b"{") and (self.record(raw, info) or self._strict):
                 continue

@@ -1,0 +1,49 @@
+"""`dbwatch demo` tails its workload's logs: the live figures show MissingGreenlet/DetachedInstanceError counted at
+the workload's own code lines (real SQLAlchemy errors, logged through logging and structlog)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dbwatch import demo_workload
+from tests.helpers import REPO
+
+
+def _line(marker: str) -> int:
+    for i, text in enumerate(Path(demo_workload.__file__).read_text().splitlines(), 1):
+        if marker in text:
+            return i
+    raise LookupError(marker)
+
+
+def test_demo_prints_logged_exceptions_with_their_code_lines() -> None:
+    greenlet = f"missing_greenlet=\\d+ at dbwatch/demo_workload.py:{_line('# MissingGreenlet')}"
+    detached = f"lazy_load=\\d+ at dbwatch/demo_workload.py:{_line('# DetachedInstanceError')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbwatch", "demo", "--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 50
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if re.search(greenlet, line) and re.search(detached, line):
+                break
+            assert time.monotonic() < deadline, "".join(seen[-20:])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    assert re.search(greenlet, "".join(seen)), "".join(seen[-20:])
+    assert "cluster removed" in rest

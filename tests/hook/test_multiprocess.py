@@ -51,7 +51,7 @@ async def test_gunicorn_workers_aggregated_per_app_and_engine(sa_url) -> None:
     cmd = [*gunicorn, "-k", "uvicorn.workers.UvicornWorker", "--graceful-timeout", "5", "tests.hook.sample_app:app"]
     labels = ("gapp", "primary")
     async with running_ingest(config, store) as (ingest, _):
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: ASYNC220 - Popen returns at once; the workers run beside the loop
         try:
             await eventually(lambda: ingest.workers("gapp") == WORKERS + 1, timeout=30)
             pids: set[str] = set()

@@ -110,3 +110,33 @@ class StreamJoiner:
     @property
     def pending(self) -> bool:
         return any(st.parts or st.inner.pending for st in self._streams.values())
+
+
+class ContainerLines:
+    """Shared state of the container formats (CRI, docker): line counter, offset, and the per-stream joiner."""
+
+    name = "container"
+
+    def __init__(
+        self,
+        sink: Sink,
+        stats: Stats,
+        *,
+        max_line_bytes: int = 1 << 20,
+        max_record_bytes: int = 1 << 20,
+        on_record: RecordHook | None = None,
+        start_line: int = 1,
+    ) -> None:
+        self._stats = stats
+        self._line = start_line
+        self._off = 0
+        self._join = StreamJoiner(
+            sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, on_record=on_record
+        )
+
+    @property
+    def pending(self) -> bool:
+        return self._join.pending
+
+    def hold(self) -> tuple[int, int] | None:
+        return self._join.hold()

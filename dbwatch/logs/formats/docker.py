@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import json
 
-from dbwatch.logs.formats.container import StreamJoiner
-from dbwatch.logs.record import LineInfo, RecordHook, Sink, Stats
+from dbwatch.logs.formats.container import ContainerLines
+from dbwatch.logs.record import LineInfo
 
 __all__ = ["DockerLines"]
 
 
-class DockerLines:
+class DockerLines(ContainerLines):
     """One docker record per physical line; a record whose `log` lacks the final newline continues in the next."""
 
     name = "docker"
-
-    def __init__(
-        self,
-        sink: Sink,
-        stats: Stats,
-        *,
-        max_line_bytes: int = 1 << 20,
-        max_record_bytes: int = 1 << 20,
-        on_record: RecordHook | None = None,
-        start_line: int = 1,
-    ) -> None:
-        self._stats = stats
-        self._line = start_line
-        self._off = 0
-        self._join = StreamJoiner(
-            sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, on_record=on_record
-        )
-
-    @property
-    def pending(self) -> bool:
-        return self._join.pending
-
-    def hold(self) -> tuple[int, int] | None:
-        return self._join.hold()
 
     def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         lines = data.split(b"\n")

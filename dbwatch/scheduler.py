@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -15,7 +15,7 @@ from dbwatch import metrics as m
 from dbwatch.errors import Reason, classify
 from dbwatch.store import Store
 
-__all__ = ["Job", "Scheduler"]
+__all__ = ["Abandonable", "Job", "Scheduler"]
 
 log = structlog.get_logger("dbwatch.scheduler")
 
@@ -39,6 +39,13 @@ class Job(Protocol):
     def timeout(self) -> float: ...
 
     async def run(self) -> None: ...
+
+
+@runtime_checkable
+class Abandonable(Protocol):
+    """A job that records its own outcome; told when the scheduler cut a run short so it can record a timeout."""
+
+    def abandoned(self) -> None: ...
 
 
 class Scheduler:
@@ -91,8 +98,9 @@ class Scheduler:
             started = time.monotonic()
             result = "ok"
             reason: StrEnum | None = None
+            deadline = asyncio.timeout(job.timeout + HARD_TIMEOUT_GRACE)
             try:
-                async with asyncio.timeout(job.timeout + HARD_TIMEOUT_GRACE):
+                async with deadline:
                     await job.run()
             except TimeoutError:
                 result, reason = "timeout", Reason.TIMEOUT
@@ -102,6 +110,10 @@ class Scheduler:
                 result, reason = "error", classify_exc(exc)
                 if reason == Reason.OTHER and failing is None:
                     log.warning("job_error_unclassified", job=job.job, target=job.target, error=type(exc).__name__)
+            if deadline.expired() and isinstance(job, Abandonable):
+                # The run was cancelled inside the job (e.g. a close waiting on a frozen server): the job never got
+                # to record an outcome, so it records the timeout now (once; it knows whether it already had).
+                job.abandoned()
             elapsed = time.monotonic() - started
             self._store.set(("scheduler", job.target), m.JOB_DURATION, key, elapsed)
             self._store.set(("scheduler", job.target), m.JOB_SUCCESS, key, 1.0 if reason is None else 0.0)

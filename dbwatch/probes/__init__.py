@@ -56,9 +56,11 @@ class ProbeJob:
         kind = KINDS[target.kind]
         self._probe = kind.make(target)
         self._classify = kind.classify
+        self._timeout_reason = kind.reasons("timeout")  # every kind's closed set has one
         self.target = target.name
         self.interval = target.interval
         self.timeout = target.timeout
+        self._pending = False  # a run started and has not recorded its outcome yet
         store.status[target.name] = TargetStatus(critical=target.critical, stale_after=target.stale_after)
         source = ("probe", target.name)
         store.set(source, m.PROBE_UP, (target.name,), 0.0)
@@ -74,24 +76,34 @@ class ProbeJob:
 
     async def run(self) -> None:
         """Probe once; record the outcome, then re-raise a failure for the scheduler."""
-        status = self._store.status[self.target]
-        source = ("probe", self.target)
+        self._pending = True
         try:
             async with asyncio.timeout(self.timeout):
                 phases = await self._probe(self._t, self.timeout)
         except asyncio.CancelledError:
-            raise
+            raise  # shutdown, or the scheduler's hard timeout (which then calls abandoned())
         except BaseException as exc:
-            reason = self.classify(exc)
-            self._store.inc(m.PROBE_FAILURES, (self.target, reason.value))
-            self._store.set(source, m.PROBE_UP, (self.target,), 0.0)
-            status.up = False
-            status.last_reason = reason.value
+            self._failed(self.classify(exc))
             raise
+        self._pending = False
         for phase, seconds in phases.items():
             self._store.observe(m.PROBE_DURATION, (self.target, phase), seconds)
-        self._store.set(source, m.PROBE_UP, (self.target,), 1.0)
-        self._store.set(source, m.PROBE_LAST_SUCCESS, (self.target,), self._clock())
+        status = self._store.status[self.target]
+        self._store.set(("probe", self.target), m.PROBE_UP, (self.target,), 1.0)
+        self._store.set(("probe", self.target), m.PROBE_LAST_SUCCESS, (self.target,), self._clock())
         status.up = True
         status.last_reason = None
         status.last_success = time.monotonic()
+
+    def abandoned(self) -> None:
+        """The scheduler cancelled this run at its hard timeout: count it as a timeout unless already counted."""
+        if self._pending:
+            self._failed(self._timeout_reason)
+
+    def _failed(self, reason: StrEnum) -> None:
+        self._pending = False
+        status = self._store.status[self.target]
+        self._store.inc(m.PROBE_FAILURES, (self.target, reason.value))
+        self._store.set(("probe", self.target), m.PROBE_UP, (self.target,), 0.0)
+        status.up = False
+        status.last_reason = reason.value

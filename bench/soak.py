@@ -8,9 +8,12 @@ elapsed time, RSS, open fds, scrape p50/p99/max and errors in that period, and t
 it prints RSS and fds at start and end and the growth against the stated bounds, and checks the counts are exact:
 every probe run is counted once as ok, error or timeout, and the failure counters equal the error+timeout runs.
 
-Log files growing at 2 MB/s with rotations are not part of this soak yet: the log tailer (issue 8) is not on main.
+Five log files (`logs.sources`, format plain) grow at --log-rate MB/s in total (default 2), each rotated by
+rename + create every --rotate-mb MB, with a logged traceback every 200 lines; at the end (once the backlog is read)
+the lines and tracebacks dbwatch counted are checked against what was written, and the rotations it saw.
 
 Run: .venv/bin/python bench/soak.py [--duration 600] [--cycle 40] [--report 30] [--targets 20] [--rate 10]
+     [--log-files 5] [--log-rate 2] [--rotate-mb 20]
 It prints figures and never asserts. Loopback only; every loop is bounded by --duration.
 """
 
@@ -19,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +92,91 @@ class Scraper(threading.Thread):
             next_at += self.period
             self.stop.wait(max(0.0, next_at - time.monotonic()))
         conn.close()
+
+
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/srv/app/app/views.py", line 42, in login\n'
+    "    user = await repo.get(uid)\n"
+    '  File "/srv/app/app/repo.py", line 17, in get\n'
+    "    return row.email\n"
+    "sqlalchemy.exc.MissingGreenlet: greenlet_spawn has not been called; can't call await_only() here.\n"
+)
+
+
+class LogWriter(threading.Thread):
+    """Appends plain log lines (a traceback every 200 lines) to n files at a total rate, rotating by rename+create."""
+
+    def __init__(self, paths: list[Path], mb_per_s: float, rotate_mb: float) -> None:
+        super().__init__(name="logwriter", daemon=True)
+        self.paths, self.rate, self.rotate = paths, mb_per_s * 1e6, rotate_mb * 1e6
+        self.stop = threading.Event()
+        self.lines = dict.fromkeys((p.stem for p in paths), 0)
+        self.tracebacks = dict.fromkeys((p.stem for p in paths), 0)
+        self.rotations = dict.fromkeys((p.stem for p in paths), 0)
+        self.bytes = 0
+
+    def run(self) -> None:
+        files = {p: p.open("ab") for p in self.paths}
+        sizes = dict.fromkeys(self.paths, 0)
+        tick = 0.1
+        per_file = int(self.rate * tick / len(self.paths))  # bytes per file per tick
+        n = 0
+        next_at = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                for p, f in files.items():
+                    chunk: list[str] = []
+                    size = 0
+                    while size < per_file:
+                        n += 1
+                        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                        if n % 200 == 0:
+                            rec = f"{stamp},000 ERROR [app.auth] login failed for user {n}\n{TRACEBACK}"
+                            self.tracebacks[p.stem] += 1
+                        else:
+                            rec = f"{stamp},000 INFO [app.access] 10.0.0.{n % 250} GET /api/items/{n} 200 0.0{n % 9}s\n"
+                        chunk.append(rec)
+                        size += len(rec)
+                        self.lines[p.stem] += rec.count("\n")
+                    f.write("".join(chunk).encode())
+                    f.flush()
+                    sizes[p] += size
+                    self.bytes += size
+                    if sizes[p] >= self.rotate:  # rename + create, as logrotate without copytruncate
+                        f.close()
+                        os.replace(p, p.with_suffix(".log.1"))
+                        files[p] = p.open("ab")
+                        sizes[p] = 0
+                        self.rotations[p.stem] += 1
+                next_at += tick
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            for f in files.values():
+                f.close()
+
+
+def log_counts(port: int) -> dict[str, dict[str, float]]:
+    """Per log source: lines, exceptions, rotations (rename) and backlog bytes from one scrape."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    out: dict[str, dict[str, float]] = {}
+    names = {
+        "dbwatch_log_lines_total": "lines",
+        "dbwatch_log_exceptions_total": "exceptions",
+        "dbwatch_log_rotations_total": "rotations",
+        "dbwatch_log_backlog_bytes": "backlog",
+    }
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = names.get(s.name)
+            if key is None or (key == "rotations" and s.labels.get("kind") != "rename"):
+                continue
+            row = out.setdefault(s.labels["source"], dict.fromkeys(names.values(), 0.0))
+            row[key] += s.value
+    return out
 
 
 def _start(cluster: Cluster) -> None:
@@ -178,12 +269,22 @@ def main() -> int:
     ap.add_argument("--targets", type=int, default=20)
     ap.add_argument("--rate", type=float, default=10.0, help="scrapes per second")
     ap.add_argument("--interval", type=float, default=2.0, help="probe interval per target")
+    ap.add_argument("--log-files", type=int, default=5)
+    ap.add_argument("--log-rate", type=float, default=2.0, help="MB/s written, in total over the log files")
+    ap.add_argument("--rotate-mb", type=float, default=20.0, help="rotate each log file after this many MB")
     args = ap.parse_args()
     prefix = resolver_isolation()
     if prefix is None:
         print("soak: needs root and unshare to keep the .invalid lookup on loopback", file=sys.stderr)
         return 1
     n_faulty = max(1, args.targets - 4)
+    logdir = Path(tempfile.mkdtemp(prefix="dbwatch-soak-logs-"))
+    log_paths = [logdir / f"app{i}.log" for i in range(args.log_files)]
+    for p in log_paths:
+        p.touch()
+    (logdir / "state").mkdir()
+    sources = [{"name": p.stem, "path": str(p), "format": "plain"} for p in log_paths]
+    logs_cfg = {"sources": sources, "state_dir": str(logdir / "state")}
     with Cluster(max_connections=150) as faulty, Cluster(max_connections=50) as steady, Blackhole() as hole:
         targets: list[dict[str, object]] = []
         for c, n, prefix_name in ((faulty, n_faulty, "f"), (steady, 2, "s")):
@@ -197,11 +298,14 @@ def main() -> int:
         targets.append({"name": "dns", "dsn": f"postgresql://app:x@{UNRESOLVABLE_HOST}:5432/x", "critical": False})
         for t in targets:
             t.update(interval=args.interval, timeout=min(args.interval, 1.0))
-        daemon = DaemonProcess({"log": {"level": "warning"}, "targets": targets}, prefix=prefix).start()
+        config = {"log": {"level": "warning"}, "targets": targets, "logs": logs_cfg}
+        daemon = DaemonProcess(config, prefix=prefix).start()
         # The daemon runs under `unshare ... sh -c 'exec python'`: its pid is the dbwatch process after exec.
         pid = daemon.pid
         scraper = Scraper(daemon.port, args.rate)
         scraper.start()
+        writer = LogWriter(log_paths, args.log_rate, args.rotate_mb)
+        writer.start()
         steps = faults(faulty, hold=min(args.cycle / 4, 10.0))
         seen: list[str] = []  # faults begun since the last report line
         stop_faults = threading.Event()
@@ -218,7 +322,8 @@ def main() -> int:
         fault_thread = threading.Thread(target=fault_loop, name="faults", daemon=True)
         print(
             f"soak: {len(targets)} targets ({n_faulty} on the faulted cluster), interval {args.interval:g}s, "
-            f"{args.rate:g} scrapes/s, fault step {args.cycle:g}s, {args.duration:g}s total"
+            f"{args.rate:g} scrapes/s, fault step {args.cycle:g}s, {args.duration:g}s total; {args.log_files} log "
+            f"files at {args.log_rate:g} MB/s in total, rotated every {args.rotate_mb:g} MB"
         )
         print(f"{'t(s)':>6} {'RSS MiB':>8} {'fds':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errs':>4}  fault")
         start = time.monotonic()
@@ -243,6 +348,8 @@ def main() -> int:
                 )
         finally:
             stop_faults.set()
+            writer.stop.set()
+            writer.join(10)
             fault_thread.join(60)
             scraper.stop.set()
             scraper.join(10)
@@ -250,6 +357,14 @@ def main() -> int:
                 _start(faulty)
             time.sleep(args.interval * 2)
             final = counts(daemon.port) if daemon.alive() else {}
+            logs: dict[str, dict[str, float]] = {}
+            drain_deadline = time.monotonic() + 120  # bounded: the backlog left when writing stopped
+            while daemon.alive():
+                logs = log_counts(daemon.port)
+                done = all(logs.get(k, {}).get("lines") == v for k, v in writer.lines.items())
+                if done or time.monotonic() > drain_deadline:
+                    break
+                time.sleep(1)
             alive = daemon.alive()
             code = daemon.stop()
             daemon.cleanup()
@@ -268,6 +383,25 @@ def main() -> int:
         f"{total['error']:.0f} + timeout {total['timeout']:.0f}; dbwatch_probe_failures_total {total['failures']:.0f}"
         f" ({'exact' if not off else 'MISMATCH'})"
     )
+    lines_ok = all(logs.get(k, {}).get("lines") == v for k, v in writer.lines.items())
+    exc_ok = all(logs.get(k, {}).get("exceptions") == v for k, v in writer.tracebacks.items())
+    rot_ok = all(logs.get(k, {}).get("rotations") == v for k, v in writer.rotations.items())
+    print(
+        f"soak: logs {writer.bytes / 1e6:.0f} MB written in {len(log_paths)} files; lines {sum(writer.lines.values())} "
+        f"written, {sum(r.get('lines', 0) for r in logs.values()):.0f} counted ({'exact' if lines_ok else 'MISMATCH'});"
+        f" tracebacks {sum(writer.tracebacks.values())} written, "
+        f"{sum(r.get('exceptions', 0) for r in logs.values()):.0f} counted ({'exact' if exc_ok else 'MISMATCH'}); "
+        f"rotations {sum(writer.rotations.values())} done, {sum(r.get('rotations', 0) for r in logs.values()):.0f} "
+        f"seen ({'exact' if rot_ok else 'MISMATCH'})"
+    )
+    if not (lines_ok and exc_ok and rot_ok):
+        for k in sorted(writer.lines):
+            print(
+                f"soak:   {k}: lines {writer.lines[k]}/{logs.get(k, {}).get('lines', 0):.0f} tracebacks "
+                f"{writer.tracebacks[k]}/{logs.get(k, {}).get('exceptions', 0):.0f} rotations "
+                f"{writer.rotations[k]}/{logs.get(k, {}).get('rotations', 0):.0f}"
+            )
+    shutil.rmtree(logdir, ignore_errors=True)
     for target, row in sorted(off.items()):
         print(
             f"soak:   {target}: error {row['error']:.0f} + timeout {row['timeout']:.0f} runs, "

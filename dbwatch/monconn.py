@@ -30,7 +30,8 @@ __all__ = ["BACKOFF_MAX", "BACKOFF_START", "MonitorConnection", "MonitorDown", "
 
 log = structlog.get_logger("dbwatch.monconn")
 
-# First wait after a failed attempt; doubles per failure (with ±20 % jitter) up to BACKOFF_MAX.
+# First wait after a failed attempt; doubles per failure (with ±20 % jitter) up to BACKOFF_MAX, and never beyond the
+# target's collection interval minus its budget (see MonitorConnection._failed).
 BACKOFF_START: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 # Room in asyncpg's per-connection statement cache: every collector's statements, with margin.
@@ -170,6 +171,9 @@ class MonitorConnection:
         reason = classify(exc)
         self._failures += 1
         wait = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+        # Never wait past the next collection tick: a failed attempt ends within the budget after its tick, so the
+        # next tick (one interval after the last) always tries again and a recovered server is back within one.
+        wait = min(wait, max(0.0, self._target.collect.interval - self._target.collect.budget))
         self._next_attempt = self._clock() + wait
         self._last_error = exc
         self._store.inc(m.MONITOR_ATTEMPTS, (self.name, reason.value))

@@ -21,14 +21,13 @@ from dbwatch.logs.tailer import LogWatcher
 from dbwatch.monconn import Monitors
 from dbwatch.probes import ProbeJob
 from dbwatch.scheduler import Job, Scheduler
-from dbwatch.store import Store, StoreCollector
+from dbwatch.store import Exposition, Store, StoreCollector
 from dbwatch.webconfig import WebConfig
 
-__all__ = ["INGEST", "SCHEDULER", "STORE", "build_app", "build_jobs", "build_registry"]
+__all__ = ["INGEST", "SCHEDULER", "STORE", "Scrape", "build_app", "build_jobs", "build_registry"]
 
 STORE = web.AppKey("store", Store)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
 LOGS = web.AppKey("logs", LogWatcher)
 INGEST = web.AppKey("ingest", Ingest)
 
@@ -41,6 +40,39 @@ def build_registry(store: Store) -> CollectorRegistry:
     PlatformCollector(registry=registry)
     store.set(("self", ""), m.BUILD_INFO, (__version__, platform.python_version()), 1.0)
     return registry
+
+
+class Scrape:
+    """The /metrics body: the store's families from a per-format cache, then process/platform metrics fresh.
+
+    The store part is re-rendered only where it changed (store.Exposition), so scrapes stay cheap on the event loop
+    however many targets there are; process_* values change on every scrape and are a dozen lines, rendered anew.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._process = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self._process)
+        PlatformCollector(registry=self._process)
+        store.set(("self", ""), m.BUILD_INFO, (__version__, platform.python_version()), 1.0)
+        self._cached: dict[str, Exposition] = {}
+
+    def body(self, accept: str) -> tuple[bytes, str]:
+        """(body, content type) for a request's Accept header; no I/O besides /proc for process metrics."""
+        encoder, content_type = choose_encoder(accept)
+        expo = self._cached.get(content_type)
+        if expo is None:
+            expo = self._cached[content_type] = Exposition(self._store, encoder)
+        # The store part carries no `# EOF`; the OpenMetrics encoder ends the process part with it.
+        return expo.render() + encoder(self._process), content_type
+
+    def exposition(self, accept: str = "") -> Exposition:
+        """The cache behind a format (for tests)."""
+        self.body(accept)
+        return self._cached[choose_encoder(accept)[1]]
+
+
+SCRAPE = web.AppKey("scrape", Scrape)
 
 
 def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -> list[Job]:
@@ -61,7 +93,7 @@ def build_app(
     app = web.Application(middlewares=[web_config.middleware()] if web_config else [])
     app[STORE] = store
     app[SCHEDULER] = scheduler
-    app[REGISTRY] = build_registry(store)
+    app[SCRAPE] = Scrape(store)
 
     async def run_scheduler(app: web.Application) -> AsyncIterator[None]:
         scheduler.start()
@@ -97,8 +129,7 @@ def build_app(
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[REGISTRY])
+    body, content_type = request.app[SCRAPE].body(request.headers.get("Accept", ""))
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = content_type
     return resp

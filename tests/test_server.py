@@ -133,3 +133,75 @@ async def test_concurrent_scrapes_are_consistent(pg, n_scrapes: int) -> None:
         bodies = await asyncio.gather(*(d.metrics() for _ in range(n_scrapes)))
         assert all("dbwatch_probe_up" in b for b in bodies)
         assert SCHEDULER  # the app key is public for embedding
+
+
+def _store_part(text: str) -> list[str]:
+    """The exposition lines that come from the store (process_* and python_info change on every scrape)."""
+    return [ln for ln in text.splitlines() if "process_" not in ln and "python_info" not in ln]
+
+
+def _samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+async def test_concurrent_scrapes_share_one_body_until_the_store_changes() -> None:
+    """Ten scrapes at once get the same body (text and OpenMetrics); a change shows in the next scrape."""
+    refused = f"postgresql://app:x@127.0.0.1:{free_port()}/x"
+    target = {"name": "gone", "dsn": refused, "interval": 30, "timeout": 1, "collect": {"collectors": []}}
+    om = {"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
+    async with running({"targets": [target]}) as d:
+        await eventually(lambda: d.store.counter_value(m.JOB_RUNS, ("probe", "gone", "error")) == 1)
+        for headers in ({}, om):
+            bodies = await asyncio.gather(*(d.get("/metrics", headers=headers) for _ in range(10)))
+            parts = {tuple(_store_part(body)) for _, body in bodies}
+            assert len(parts) == 1
+            assert sample(bodies[0][1], "dbwatch_probe_failures_total", {"target": "gone", "reason": "refused"}) == 1
+        d.store.inc(m.PROBE_FAILURES, ("gone", "refused"))
+        d.store.replace(("extra", "gone"), [])
+        text = await d.metrics()
+        assert sample(text, "dbwatch_probe_failures_total", {"target": "gone", "reason": "refused"}) == 2
+        _, om_text = await d.get("/metrics", headers=om)
+        assert om_text.endswith("# EOF\n")
+        assert om_text.count("# EOF") == 1
+        assert sample(om_text, "dbwatch_probe_failures_total", {"target": "gone", "reason": "refused"}) == 2
+
+
+async def test_cached_exposition_equals_a_full_render_and_renders_only_what_changed(pg) -> None:
+    """After real probes and collections the cached body parses to the same samples as a full render; one target's
+    new snapshot re-renders that target's fragments only; dropped series disappear."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dbwatch.server import Scrape
+    from dbwatch.store import Sample, StoreCollector
+
+    def full(store: object) -> str:
+        reg = CollectorRegistry(auto_describe=True)
+        reg.register(StoreCollector(store))  # type: ignore[arg-type]
+        return generate_latest(reg).decode()
+
+    async with running({"targets": [t("a", pg.dsn), t("b", pg.dsn)]}) as d:
+        await eventually(lambda: d.store.gauge_value(m.PG_CONNECTIONS_USED_RATIO, ("b",)) is not None, timeout=10)
+        d.stop.set()  # freeze the store: the daemon stops, its store stays
+    store = d.store
+    scrape = Scrape(store)
+    expo = scrape.exposition()
+    assert _samples(expo.render().decode()) == _samples(full(store))
+    before = expo.fragments_rendered
+    assert expo.render() is expo.render()  # nothing changed: the same body object, nothing re-rendered
+    assert expo.fragments_rendered == before
+    store.replace(("pg_activity", "a"), [Sample(m.PG_CONNECTIONS_USED_RATIO, ("a",), 0.5)])
+    text = expo.render().decode()
+    assert _samples(text) == _samples(full(store))
+    assert sample(text, "dbwatch_pg_connections_used_ratio", {"target": "a"}) == 0.5
+    assert sample(text, "dbwatch_pg_sessions", {"target": "a"}) is None  # gone with a's old snapshot
+    assert sample(text, "dbwatch_pg_sessions", {"target": "b"}) is not None
+    # a's families that went are dropped, the one that stays is the only fragment re-rendered; b's are reused
+    assert expo.fragments_rendered - before == 1
+    store.drop(("pg_activity", "b"))
+    assert sample(expo.render().decode(), "dbwatch_pg_connections_used_ratio", {"target": "b"}) is None

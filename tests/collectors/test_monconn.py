@@ -9,6 +9,7 @@ import pytest
 
 from dbwatch import metrics as m
 from dbwatch.errors import Reason
+from dbwatch.pgcluster import free_port
 from dbwatch.probes import ProbeJob
 from tests.collectors.conftest import harness, make_target, sessions
 
@@ -76,6 +77,19 @@ async def test_reconnect_backs_off_while_the_server_is_down(pg_factory) -> None:
         await h.collect("pg_activity")
         assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 1
         assert h.store.gauge_value(m.MONITOR_BACKOFF, ("db",)) == 0
+
+
+async def test_backoff_never_outlasts_the_collection_interval() -> None:
+    """However many attempts failed, the wait stays under interval - budget, so the next tick tries again."""
+    refused = f"postgresql://app:x@127.0.0.1:{free_port()}/x"  # nothing listens there
+    async with harness(refused, interval="2s", budget="0.5s") as h:
+        mc = h.monitors.get(h.target)
+        for _ in range(8):  # 0.5 s doubling would reach 64 s (capped at BACKOFF_MAX = 30 s) by the eighth
+            mc._next_attempt = 0.0  # skip the wait, keep the failure count
+            with pytest.raises(ConnectionRefusedError):
+                await h.collect("pg_activity")
+            assert 0 < (h.store.gauge_value(m.MONITOR_BACKOFF, ("db",)) or 0.0) <= 1.5
+        assert h.store.counter_value(m.MONITOR_ATTEMPTS, ("db", "refused")) == 8
 
 
 async def test_full_server_still_reports_sessions_while_probe_says_too_many(pg_factory) -> None:

@@ -187,3 +187,32 @@ async def test_cardinality_cap_folds_200_application_names(pg_factory) -> None:
         finally:
             for c in conns:
                 c.terminate()
+
+
+async def test_cardinality_cap_folds_usenames_too(pg_factory) -> None:
+    """12 distinct login roles with a cap of 5: at most 5 usenames are kept, the rest read __other__ and are counted."""
+    pg = pg_factory()
+    pg.cluster.psql("; ".join(f"CREATE ROLE u{i:02d} LOGIN PASSWORD 'pw-{i}'" for i in range(12)))
+    async with harness(pg.dsn, max_label_values=5) as h:
+        conns: list[asyncpg.Connection] = []
+        try:
+            for i in range(12):
+                conns.append(await pg_connect(pg, f"u{i:02d}", f"pw-{i}"))
+            await h.collect("pg_activity")
+            snap = h.store._snapshots[("pg_activity", "db")][m.PG_SESSIONS]
+            users = {labels[2] for labels in snap}
+            assert len(users - {OTHER}) <= 5
+            assert OTHER in users
+            # every distinct value the server shows (12 roles, app for dbwatch, background workers') minus the 5 kept
+            distinct = await conns[0].fetchval("SELECT count(DISTINCT coalesce(usename, '')) FROM pg_stat_activity")
+            assert distinct >= 12 + 1
+            assert h.gauge(m.PG_FOLDED_LABEL_VALUES, "usename") == distinct - 5
+            held = sum(v for labels, v in snap.items() if labels[2] == OTHER or labels[2].startswith("u"))
+            assert held == 12  # folding loses no session
+        finally:
+            for c in conns:
+                c.terminate()
+
+
+async def pg_connect(pg: object, user: str, password: str) -> asyncpg.Connection:
+    return await asyncpg.connect(pg.cluster.dsn(user, password, "appdb"), server_settings={"application_name": "t-u"})  # type: ignore[attr-defined]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-
-import yaml
+from typing import TYPE_CHECKING
 
 from dbwatch import __version__
-from dbwatch.config import Config, ConfigError, load, parse_listen
+
+if TYPE_CHECKING:
+    from dbwatch.config import Config
 
 __all__ = ["main"]
 
@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str, listen: str | None = None) -> Config:
+    from dbwatch.config import load, parse_listen
+
     config = load(path)
     if listen:
         from dataclasses import replace
@@ -114,6 +116,7 @@ def _rules(path: str, out: str | None, check: bool) -> int:
     from pathlib import Path
 
     from dbwatch import rules
+    from dbwatch.config import ConfigError
 
     config = _load(path)
     if not config.slos:
@@ -138,7 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help(sys.stderr)
         return EXIT_CONFIG
+    if args.command == "scan":  # the offline report needs neither the config nor the daemon: it starts fast
+        from dbwatch.logs.scan import run as run_scan
+
+        try:
+            return run_scan(args.files, args.format, args.app_root, args.app_package, args.json)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    import asyncio
+
+    import yaml
+
     from dbwatch import logsetup
+    from dbwatch.config import ConfigError, parse_listen
 
     try:
         if args.command == "check-config":
@@ -163,10 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "rules":
             return _rules(args.config, args.out, args.check)
-        if args.command == "scan":
-            from dbwatch.logs.scan import run as run_scan
-
-            return run_scan(args.files, args.format, args.app_root, args.app_package, args.json)
         if args.command == "demo":
             from dbwatch.demo import run_demo
 

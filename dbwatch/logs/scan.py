@@ -69,7 +69,7 @@ def scan_file(
         report.events.append((Event(event.first_line, event.last_line, event.timestamp, event.logger, _NONE), c))
 
     splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes)
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:  # reads go straight into each chunk
         total = os.fstat(f.fileno()).st_size
         show = progress if total >= PROGRESS_MIN_BYTES else None
         started = time.monotonic()

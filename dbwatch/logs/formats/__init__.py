@@ -133,32 +133,34 @@ class Splitter:
         return self._start_offset + self._taken, line
 
     def feed(self, chunk: bytes) -> None:
-        """Any bytes, as read."""
+        """Any bytes, as read. The chunk's own complete lines go on as a view: no copy of a large read."""
         self._stats.bytes += len(chunk)
         self._taken += len(chunk)
         nl = chunk.rfind(b"\n")
         if nl < 0:
             self._add_partial(chunk)
             return
-        first = chunk.find(b"\n")
-        head_line = chunk[: first + 1]
-        # input bytes these complete lines stand for: everything up to this chunk's last newline
-        span = self._taken - (len(chunk) - nl - 1) - self._fed
-        if self._skipping:
-            self._skipping = False
-            lines = self._partial + b"\n"  # the kept head of the long line
-            self._partial = b""
-            lines += chunk[first + 1 : nl + 1]
-        else:
-            if self._partial and len(self._partial) + len(head_line) > self._caps.max_line_bytes + 1:
-                lines = (self._partial + head_line)[: self._caps.max_line_bytes] + b"\n"
+        start = 0  # where the lines that lie wholly in this chunk begin
+        line = b""
+        if self._skipping or self._partial:  # the chunk's first line ends the one carried over
+            start = chunk.find(b"\n") + 1
+            if self._skipping:
+                self._skipping = False
+                line = self._partial + b"\n"  # the kept head of the long line
+            elif len(self._partial) + start > self._caps.max_line_bytes + 1:
+                line = (self._partial + chunk[:start])[: self._caps.max_line_bytes] + b"\n"
                 self._stats.truncated += 1
-                lines += chunk[first + 1 : nl + 1]
             else:
-                lines = self._partial + chunk[: nl + 1] if self._partial else chunk[: nl + 1]
+                line = self._partial + chunk[:start]
             self._partial = b""
+        # input bytes the carried line stands for: what was taken before this chunk and not yet fed, plus its end
+        head_span = self._taken - len(chunk) + start - self._fed
         self._add_partial(chunk[nl + 1 :])
-        self._lines(lines, span, final=False)
+        if line:
+            self._lines(line, head_span, final=False)
+            head_span = 0
+        if start <= nl:
+            self._lines(memoryview(chunk)[start : nl + 1], head_span + nl + 1 - start, final=False)
 
     def _add_partial(self, piece: bytes) -> None:
         if not piece or self._skipping:

@@ -63,7 +63,7 @@ def record_meta(line: str) -> tuple[str | None, str | None]:
     return ts, None
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes | bytearray) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r")
 
 
@@ -87,7 +87,10 @@ class PlainScanner:
         self._mapped = mapped  # inner text of a container format: line numbers come from `infos`
         self._max_record = max_record_bytes
         self._on_record = on_record
-        self._buf = b""
+        # the text being scanned: carried context or an unfinished record, then the new lines. A bytearray kept at
+        # its size (only `_len` bytes are live), so feeding a large read copies once and allocates nothing.
+        self._buf = bytearray()
+        self._len = 0
         self._infos: list[LineInfo] = []
         self._line0 = start_line  # physical line of _buf[0] when not mapped
         self._base = 0  # offset of _buf[0] in the input when not mapped
@@ -97,11 +100,12 @@ class PlainScanner:
         self._cache: dict[tuple[str, ...], Chain | None] = {}
         # traceback texts seen before: key (its first bytes) -> [(text, reader state at its end, lines, last line)]
         self._blocks: dict[bytes, list[tuple[bytes, Reader, tuple[str, ...], int]]] = {}
+        self._once: set[bytes] = set()  # keys of texts seen once
 
     @property
     def pending(self) -> bool:
         """True while an unfinished traceback waits for more lines."""
-        return self._scan < len(self._buf)
+        return self._scan < self._len
 
     def hold(self) -> tuple[int, int] | None:
         """(input offset, line) where the unfinished record starts, or None when nothing is held."""
@@ -111,17 +115,24 @@ class PlainScanner:
             return (self._infos[0].offset, self._infos[0].first) if self._infos else None
         return self._base, self._line0
 
-    def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
+    def feed(self, data: bytes | memoryview, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         """Take complete lines (`data` ends with a newline, or is empty); `infos` maps them when `mapped`."""
         if data:
             if self._on_record is not None:
-                for raw in data.splitlines():
+                for raw in bytes(data).splitlines():
                     self._on_record(_decode(raw), None)
-            self._buf += data
+            self._append(data)
             if infos:
                 self._infos.extend(infos)
-        if self._buf:
+        if self._len:
             self._process(final)
+
+    def _append(self, data: bytes | memoryview) -> None:
+        need = self._len + len(data)
+        if need > len(self._buf):
+            self._buf += bytes(need + (need >> 2) - len(self._buf))
+        self._buf[self._len : need] = data
+        self._len = need
 
     def flush(self) -> None:
         """End of input (or the file went quiet): finish what is pending."""
@@ -139,26 +150,26 @@ class PlainScanner:
 
     def _process(self, final: bool) -> None:
         buf = self._buf
-        end = len(buf)
+        end = self._len
         pos, floor = self._scan, self._floor
         cur_off, cur_idx = 0, 0  # incremental offset -> line index
         pending_from = -1
         found = [-2, -2]  # next match of each needle at or after pos (-2: not searched yet)
         while pos < end:
             ls = -1
-            if pos == 0 and buf.startswith((_TB_B, _GROUP_B)):
+            if pos == 0 and buf.startswith((_TB_B, _GROUP_B), 0, end):
                 ls = 0
             else:
                 for k, needle in enumerate(_NEEDLES):
                     if found[k] != -1 and found[k] < pos - 1:
-                        found[k] = buf.find(needle, max(pos - 1, 0))
+                        found[k] = buf.find(needle, max(pos - 1, 0), end)
                     if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
                         ls = found[k] + 1
             if ls < 0:
                 pos = end
                 break
-            nl = buf.find(b"\n", ls)
-            head = buf[ls:nl].rstrip(b"\r")
+            nl = buf.find(b"\n", ls, end)
+            head = bytes(buf[ls:nl]).rstrip(b"\r")
             if ls < floor or head not in (_TB_B, _GROUP_B):
                 pos = nl + 1  # not a header line after all (text follows it)
                 continue
@@ -166,7 +177,7 @@ class PlainScanner:
             if headless:  # the chain opens with a cause printed without a traceback, right after the message
                 reader = Reader(None, is_record_start)
                 lines: list[str] = []
-                p = buf.find(b"\n", rs) + 1
+                p = buf.find(b"\n", rs, end) + 1
             else:
                 reader = Reader(_decode(head), is_record_start)
                 lines = [_decode(head)]
@@ -178,7 +189,7 @@ class PlainScanner:
                 lines, p, last_off = list(known[0]), known[1], known[2]
                 ended = True
             while not ended and p < end:
-                q = buf.find(b"\n", p)
+                q = buf.find(b"\n", p, end)
                 line = _decode(buf[p:q])
                 v = reader.feed(line)
                 if v is Verdict.END:
@@ -219,35 +230,45 @@ class PlainScanner:
         # one newline count over the buffer serves the event line numbers, the line total and the carry
         if keep >= cur_off:
             dropped = cur_idx + buf.count(b"\n", cur_off, keep)
-            total = dropped + buf.count(b"\n", keep)
+            total = dropped + buf.count(b"\n", keep, end)
         else:
-            total = cur_idx + buf.count(b"\n", cur_off)
-            dropped = total - buf.count(b"\n", keep)
+            total = cur_idx + buf.count(b"\n", cur_off, end)
+            dropped = total - buf.count(b"\n", keep, end)
         if not self._mapped:
             self._stats.lines += total - self._buf_lines
         self._buf_lines = total - dropped
         self._floor = max(floor - keep, 0)
-        self._buf = buf[keep:]
+        if keep:
+            buf[: end - keep] = buf[keep:end]  # same length: moves the kept tail to the front, no reallocation
+            self._len = end - keep
         if self._mapped:
             del self._infos[:dropped]
         else:
             self._line0 += dropped
             self._base += keep
 
-    def _known(self, buf: bytes, ls: int, end: int) -> tuple[tuple[str, ...], int, int] | None:
+    def _known(self, buf: bytearray, ls: int, end: int) -> tuple[tuple[str, ...], int, int] | None:
         """A traceback seen before, byte for byte, whose next line ends it again: (lines, end, last line offset)."""
-        for block, state, lines, last_rel in self._blocks.get(buf[ls : ls + BLOCK_KEY], ()):
+        for block, state, lines, last_rel in self._blocks.get(bytes(buf[ls : min(ls + BLOCK_KEY, end)]), ()):
             stop = ls + len(block)
-            if stop >= end or not buf.startswith(block, ls):
+            if stop >= end or not buf.startswith(block, ls, end):
                 continue
-            q = buf.find(b"\n", stop)
+            q = buf.find(b"\n", stop, end)
             if state.copy().feed(_decode(buf[stop:q])) is Verdict.END:
                 return lines, stop, ls + last_rel
         return None
 
-    def _remember(self, buf: bytes, ls: int, stop: int, last_off: int, lines: list[str], reader: Reader) -> None:
+    def _remember(self, buf: bytearray, ls: int, stop: int, last_off: int, lines: list[str], reader: Reader) -> None:
         """Keep a finished traceback's text and the reader's state before the line that ended it."""
-        if len(self._blocks.get(buf[ls : ls + BLOCK_KEY], ())) >= 4:
+        key = bytes(buf[ls : min(ls + BLOCK_KEY, self._len)])  # as _known looks it up
+        if key not in self._blocks:
+            if key not in self._once:  # kept from its second sighting on: a text logged once costs nothing more
+                if len(self._once) >= CACHE_SIZE:
+                    self._once.clear()
+                self._once.add(key)
+                return
+            self._once.discard(key)
+        elif len(self._blocks[key]) >= 4:
             return
         state = Reader(_decode(buf[ls : buf.find(b"\n", ls)]), is_record_start)
         p = buf.find(b"\n", ls) + 1
@@ -257,11 +278,11 @@ class PlainScanner:
             p = q + 1
         if len(self._blocks) >= CACHE_SIZE:
             self._blocks.clear()
-        entries = self._blocks.setdefault(buf[ls : ls + BLOCK_KEY], [])
+        entries = self._blocks.setdefault(key, [])
         if len(entries) < 4:
-            entries.append((buf[ls:stop], state, tuple(lines), last_off - ls))
+            entries.append((bytes(buf[ls:stop]), state, tuple(lines), last_off - ls))
 
-    def _record_start(self, buf: bytes, ls: int, floor: int) -> tuple[int, bool]:
+    def _record_start(self, buf: bytearray, ls: int, floor: int) -> tuple[int, bool]:
         """The record's first line above a header (a record-start line within BACK_LINES, else the header itself),
         and whether a chain separator lies between them (the chain opens with a cause that has no traceback)."""
         p = ls
@@ -286,7 +307,7 @@ class PlainScanner:
             p = prev
         return ls, False
 
-    def _emit(self, buf: bytes, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
+    def _emit(self, buf: bytearray, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
         if truncated:
             self._stats.truncated += 1
         key = tuple(lines)

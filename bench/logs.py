@@ -1,11 +1,15 @@
 """Log-watching benchmark: `dbwatch scan` vs mtail (Debian package) on the same >= 250 MB file, then tailing.
 
-Prints, for both tools: MB/s on one core (taskset -c 0), peak RSS and the counts they found, then the ratio.
-mtail runs a program that counts traceback headers and final exception lines per class by regex; dbwatch
-assembles every traceback (chains, groups), classifies it and finds its app frame: more work, counted exactly.
-Then the daemon tails a file: append -> /metrics latency p50/p99 over N appends, and idle CPU.
+Prints, for both tools: MB/s on one core (pinned with taskset -c 0; MB per CPU second user+sys, so other load on
+the machine does not count, and per wall second), peak RSS and the counts they found, then the ratio.
+mtail runs a program built from dbwatch's own category rules that counts, line by line, what dbwatch counts:
+logged tracebacks and per category the root of each chain and each leaf of a group (printed first). dbwatch
+(`dbwatch scan --json`, the same splitter and scanner the daemon's tailer uses) assembles every traceback (chains,
+groups), classifies it and finds its app frame, and must match the generator's ground truth exactly.
+Then the daemon tails a file: append -> /metrics latency p50/p99 over N appends, idle CPU, and /metrics latency
+while it reads a large backlog appended at once (parsing must not stall the event loop).
 
-    .venv/bin/python bench/logs.py [--mb 260] [--tracebacks 4000] [--appends 200] [--keep DIR]
+    .venv/bin/python bench/logs.py [--mb 260] [--tracebacks 4000] [--appends 200] [--idle 20] [--backlog-mb 100]
 
 Prints figures only; asserts nothing.
 """
@@ -24,20 +28,72 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MTAIL_PROG = r"""
-counter log_tracebacks_total
-counter log_exceptions_total by exception
+from dbwatch import metrics as m  # noqa: E402 - after the path is set
+from dbwatch.logs.traceback import SEP_CAUSE, SEP_CONTEXT  # noqa: E402
 
-/^Traceback \(most recent call last\):$/ {
-  log_tracebacks_total++
+BYTES_SERIES = m.LOG_BYTES.name + "_total{"
+EXC_SERIES = m.LOG_EXCEPTIONS.name + "_total{"
+
+
+def mtail_program() -> str:
+    """An mtail program that counts what `dbwatch scan` counts, line by line, with dbwatch's category rules."""
+    from dbwatch.logs.classify import _RULES  # the same rules, so both count the same
+
+    rules = []
+    for cat, names, rx in _RULES:
+        alts = [r"(^|[.| ])(" + "|".join(names) + r")(: |$)"] if names else []
+        alts += [rx] if rx else []
+        rules.append((cat.value, "|".join(alts)))
+
+    def chain(depth: int, then: str) -> str:
+        pad = "  " * depth
+        out, close = "", ""
+        for k, (cat, rx) in enumerate(rules):
+            ind = pad + "  " * k
+            out += f'{ind}/{rx}/ {{\n{ind}  log_exceptions_total["{cat}"]++\n{then.replace("@", ind + "  ")}'
+            if k < len(rules) - 1:
+                out += f"{ind}}} else {{\n"
+            close = f"{ind}}}\n" + close
+        return out + close
+
+    return (
+        MTAIL_HEAD
+        + "/^[A-Za-z_][A-Za-z0-9_.]*: / {\n  pending == 1 {\n"
+        + chain(2, "@pending = 0\n")
+        + "  }\n}\n"
+        + "/^ +\\| [A-Za-z_][A-Za-z0-9_.]*: / {\n"
+        + chain(1, "")
+        + "}\n"
+    )
+
+
+MTAIL_HEAD = r"""# Counts what `dbwatch scan` counts, line by line, as far as mtail can: logged tracebacks (a chain's
+# later sections are not counted again), and per category the root of each chain (the first exception line
+# that matches a category rule: Python prints the root first) and each leaf of an exception group.
+counter log_tracebacks_total
+counter log_exceptions_total by category
+hidden gauge after_sep
+hidden gauge pending
+
+"""
+MTAIL_HEAD += f"/^({SEP_CAUSE}|{SEP_CONTEXT})$/ {{\n  after_sep = 1\n}}\n"
+MTAIL_HEAD += r"""/^Traceback \(most recent call last\):$/ {
+  after_sep == 0 {
+    log_tracebacks_total++
+    pending = 1
+  }
+  after_sep = 0
 }
-/^(?P<exc>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+): / {
-  log_exceptions_total[$exc]++
+/^  \+ Exception Group Traceback \(most recent call last\):$/ {
+  log_tracebacks_total++
+  pending = 0
 }
 """
 
@@ -84,10 +140,9 @@ def _real_tracebacks() -> list[tuple[str, str]]:
     return out
 
 
-def generate(path: Path, mb: int, n_tb: int) -> dict[str, int]:
+def generate(path: Path, mb: int, n_tb: int, tbs: list[tuple[str, str]]) -> dict[str, Any]:
     """Write the file: info lines, decoys, and n_tb logged tracebacks spread through it. Returns what is in it."""
     rng = random.Random(7)
-    tbs = _real_tracebacks()
     filler = [
         'INFO [app.access] 10.0.0.{n} "GET /api/items/{n} HTTP/1.1" 200 {n} 0.0{n}s',
         "DEBUG [sqlalchemy.engine] SELECT users.id, users.email FROM users WHERE users.id = {n}",
@@ -97,7 +152,8 @@ def generate(path: Path, mb: int, n_tb: int) -> dict[str, int]:
     ]
     target = mb * 1_000_000
     per_tb = max(target // max(n_tb, 1), 1)
-    counts = {"tracebacks": 0, "events": 0, "lines": 0}
+    counts: dict[str, Any] = {"tracebacks": 0, "events": 0, "lines": 0}
+    by_cat: dict[str, int] = {}
     t0 = 1_767_225_600.0
     with path.open("w", buffering=1 << 20) as f:
         written = 0
@@ -112,7 +168,8 @@ def generate(path: Path, mb: int, n_tb: int) -> dict[str, int]:
             i += 1
             if written >= next_tb and counts["events"] < n_tb:
                 k = counts["events"]
-                _cat, text = tbs[k % len(tbs)]
+                cat, text = tbs[k % len(tbs)]
+                by_cat[cat] = by_cat.get(cat, 0) + (2 if "Exception Group" in text else 1)
                 if "Connect call failed" in text:  # a third of them differ in their message: no two texts alike
                     text = text.replace("127.0.0.1", f"10.{k % 250}.{k // 250 % 250}.{k % 7}")
                 rec = f"{stamp} ERROR [app.auth] Login failed for user {i}\n{text}"
@@ -123,42 +180,51 @@ def generate(path: Path, mb: int, n_tb: int) -> dict[str, int]:
                 counts["tracebacks"] += text.count("Traceback (most recent call last):")
                 next_tb += per_tb
     counts["bytes"] = path.stat().st_size
+    counts["by_category"] = by_cat
     counts["leaves"] = sum(2 if "Exception Group" in tbs[k % len(tbs)][1] else 1 for k in range(counts["events"]))
     return counts
 
 
-_VMHWM = (
-    "import sys; from dbwatch import cli; rc = cli.main(sys.argv[1:]); "
-    "sys.stderr.write(next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))); sys.exit(rc)"
-)
+@dataclass(frozen=True)
+class Run:
+    """One timed run: wall and CPU (user+sys) seconds, peak RSS bytes, output."""
+
+    wall: float
+    cpu: float
+    rss: int
+    out: str
+    err: str
 
 
-def _timed(argv: list[str]) -> tuple[float, int, str, str]:
-    """Run argv pinned to CPU 0 under /usr/bin/time; (wall seconds, peak RSS bytes, stdout, stderr)."""
+def _timed(argv: list[str]) -> Run:
+    """Run argv pinned to CPU 0 under /usr/bin/time."""
     started = time.perf_counter()
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "MAXRSS %M", "taskset", "-c", "0", *argv],
+        ["/usr/bin/time", "-f", "BENCHTIME %M %U %S", "taskset", "-c", "0", *argv],
         capture_output=True,
         text=True,
         check=False,
     )
     wall = time.perf_counter() - started
-    rss = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024 if "MAXRSS" in proc.stderr else 0
+    rss, cpu = 0, wall
+    if "BENCHTIME" in proc.stderr:
+        kb, user, sys_ = proc.stderr.rsplit("BENCHTIME", 1)[1].split()[:3]
+        rss, cpu = int(kb) * 1024, float(user) + float(sys_)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-2000:])
-    return wall, rss, proc.stdout, proc.stderr
+    return Run(wall, cpu, rss, proc.stdout, proc.stderr)
 
 
-def run_mtail(log: Path, work: Path) -> tuple[float, int, dict[str, float]]:
+def run_mtail(log: Path, work: Path) -> tuple[Run, dict[str, float]]:
     progs = work / "progs"
     progs.mkdir(exist_ok=True)
-    (progs / "tb.mtail").write_text(MTAIL_PROG)
-    wall, rss, out, _err = _timed(
+    (progs / "tb.mtail").write_text(mtail_program())
+    run = _timed(
         ["mtail", "--one_shot", "--one_shot_format=json", "--progs", str(progs), "--logs", str(log), "--logtostderr"]
     )
     counts: dict[str, float] = {}
     try:
-        data = json.loads(out)
+        data = json.loads(run.out)
     except ValueError:
         data = {}
     for name, metrics in data.items() if isinstance(data, dict) else []:
@@ -166,20 +232,19 @@ def run_mtail(log: Path, work: Path) -> tuple[float, int, dict[str, float]]:
             for lv in mm.get("LabelValues", []) or []:
                 key = name + ("{" + ",".join(lv.get("Labels", [])) + "}" if lv.get("Labels") else "")
                 counts[key] = float(lv.get("Value", {}).get("Value", 0))
-    return wall, rss, counts
+    return run, counts
 
 
-def run_dbwatch(log: Path) -> tuple[float, int, dict[str, object]]:
-    # peak RSS from VmHWM inside the process (time(1) would see the same; this also works without it)
-    wall, _rss, out, err = _timed([sys.executable, "-c", _VMHWM, "scan", "--json", str(log)])
-    rss = int(err.rsplit("VmHWM:", 1)[1].split()[0]) * 1024
-    report = json.loads(out)
+def run_dbwatch(log: Path) -> tuple[Run, dict[str, Any]]:
+    run = _timed([sys.executable, "-m", "dbwatch", "scan", "--json", str(log)])
+    report = json.loads(run.out)
     f = next(iter(report["files"].values()))
-    return wall, rss, {"events": len(f["events"]), "lines": f["lines"], "summary": report["summary"]}
+    return run, {"events": len(f["events"]), "lines": f["lines"], "summary": report["summary"]}
 
 
-async def tailing(work: Path, appends: int, idle_seconds: float) -> None:
-    """Run `dbwatch run` on a log file; append tracebacks one at a time and time until /metrics shows each."""
+async def tailing(work: Path, text: str, appends: int, idle_seconds: float, backlog: Path, backlog_mb: int) -> None:
+    """Run `dbwatch run` on a log file; append tracebacks one at a time and time until /metrics shows each;
+    measure idle CPU; then append a large backlog at once and time /metrics while the daemon reads it."""
     import aiohttp
 
     from dbwatch.pgcluster import free_port
@@ -197,7 +262,6 @@ async def tailing(work: Path, appends: int, idle_seconds: float) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _cat, text = _real_tracebacks()[0]
     lat: list[float] = []
     try:
         async with aiohttp.ClientSession() as s:
@@ -208,7 +272,7 @@ async def tailing(work: Path, appends: int, idle_seconds: float) -> None:
                     body = await r.text()
                 total = 0.0
                 for line in body.splitlines():
-                    if line.startswith("dbwatch_log_exceptions_total{") and 'category="missing_greenlet"' in line:
+                    if line.startswith(EXC_SERIES) and 'category="missing_greenlet"' in line:
                         total += float(line.rsplit(" ", 1)[1])
                 return total
 
@@ -244,6 +308,7 @@ async def tailing(work: Path, appends: int, idle_seconds: float) -> None:
         c0, t0 = cpu(), time.monotonic()
         await asyncio.sleep(idle_seconds)
         idle = (cpu() - c0) / (time.monotonic() - t0)
+        quiet, busy, drain, read_mb = await _backlog(url, log, backlog, backlog_mb)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -252,6 +317,54 @@ async def tailing(work: Path, appends: int, idle_seconds: float) -> None:
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
     print(f"tailing: append -> /metrics over {len(lat)} appends: p50 {p50:.1f} ms  p99 {p99:.1f} ms  (target <= 20 ms)")
     print(f"tailing: idle CPU over {idle_seconds:.0f} s: {100 * idle:.3f}% of a core  (target <= 0.1%)")
+    print(
+        f"backlog: /metrics while idle p50 {_ms(quiet, 0.5)} p99 {_ms(quiet, 0.99)} ms; while reading a "
+        f"{read_mb:.0f} MB backlog appended at once: p50 {_ms(busy, 0.5)} p99 {_ms(busy, 0.99)} "
+        f"max {_ms(busy, 1.0)} ms over {len(busy)} scrapes; read in {drain:.1f} s ({read_mb / drain:.0f} MB/s, "
+        "parsed in slices on the loop)"
+    )
+
+
+def _ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    v = sorted(values)
+    return f"{v[min(len(v) - 1, int(len(v) * q))] * 1000:.1f}"
+
+
+async def _backlog(url: str, log: Path, source: Path, mb: int) -> tuple[list[float], list[float], float, float]:
+    """Scrape /metrics every 20 ms while idle, then while the daemon reads `mb` MB appended at once."""
+    import aiohttp
+
+    async def read_bytes(s: aiohttp.ClientSession) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        async with s.get(url) as r:
+            body = await r.text()
+        took = time.perf_counter() - t0
+        got = 0.0
+        for line in body.splitlines():
+            if line.startswith(BYTES_SERIES):
+                got += float(line.rsplit(" ", 1)[1])
+        return took, got
+
+    quiet: list[float] = []
+    busy: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):
+            quiet.append((await read_bytes(s))[0])
+            await asyncio.sleep(0.02)
+        _, before = await read_bytes(s)
+        want = before + mb * 1_000_000
+        with source.open("rb") as src, log.open("ab") as dst:
+            dst.write(src.read(mb * 1_000_000))
+        t0 = time.perf_counter()
+        got = before
+        while got < want and time.perf_counter() - t0 < 120:
+            took, got = await read_bytes(s)
+            busy.append(took)
+            await asyncio.sleep(0.02)
+        drain = time.perf_counter() - t0
+    return quiet, busy, drain, (got - before) / 1e6
 
 
 def main() -> int:
@@ -260,6 +373,7 @@ def main() -> int:
     ap.add_argument("--tracebacks", type=int, default=4000)
     ap.add_argument("--appends", type=int, default=200)
     ap.add_argument("--idle", type=float, default=20.0)
+    ap.add_argument("--backlog-mb", type=int, default=100, help="MB appended at once to the tailed file")
     ap.add_argument("--keep", type=Path, help="keep the generated file in this directory")
     args = ap.parse_args()
     if shutil.which("mtail") is None:
@@ -269,7 +383,8 @@ def main() -> int:
     try:
         log = (args.keep or work) / "bench.log"
         t = time.perf_counter()
-        truth = generate(log, args.mb, args.tracebacks)
+        tbs = _real_tracebacks()
+        truth = generate(log, args.mb, args.tracebacks, tbs)
         mb = truth["bytes"] / 1e6
         print(
             f"generated {mb:.0f} MB, {truth['lines']} lines, {truth['events']} logged tracebacks "
@@ -278,29 +393,47 @@ def main() -> int:
         )
         # warm the page cache so both read from memory
         subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=False)
-        mt_wall, mt_rss, mt_counts = run_mtail(log, work)
-        db_wall, db_rss, db = run_dbwatch(log)
+        mt, mt_counts = run_mtail(log, work)
+        db_run, db = run_dbwatch(log)
         mt_tb = mt_counts.get("log_tracebacks_total", 0)
-        mt_exc = sum(v for k, v in mt_counts.items() if k.startswith("log_exceptions_total"))
+        mt_cat = {k.split("{", 1)[1].rstrip("}"): int(v) for k, v in mt_counts.items() if "{" in k}
         print(
-            f"mtail   : {mb / mt_wall:8.1f} MB/s  {mt_wall:6.2f} s  peak RSS {mt_rss / 2**20:6.1f} MiB  "
-            f"traceback headers {mt_tb:.0f}  exception lines by class {mt_exc:.0f}"
+            "mtail counts, line by line with dbwatch's category rules: log_tracebacks_total (top-level traceback "
+            "headers not after a chain separator) and log_exceptions_total{category} (first exception line of a "
+            "chain that matches a rule; each exception line in a group box)"
         )
         summ = db["summary"]
-        assert isinstance(summ, dict)
         counted = sum(summ["by_category"].values())
+        db_cat = {k: v for k, v in summ["by_category"].items() if v}
+        for name, r in (("mtail", mt), ("dbwatch", db_run)):
+            print(
+                f"{name:8}: {mb / r.cpu:7.1f} MB/s per CPU second ({r.cpu:6.2f} s user+sys)  "
+                f"{mb / r.wall:7.1f} MB/s wall ({r.wall:6.2f} s)  peak RSS {r.rss / 2**20:5.1f} MiB"
+            )
+        print(f"mtail   counts: tracebacks {mt_tb:.0f}  by category {mt_cat}")
         print(
-            f"dbwatch : {mb / db_wall:8.1f} MB/s  {db_wall:6.2f} s  peak RSS {db_rss / 2**20:6.1f} MiB  "
-            f"events {db['events']} (expected {truth['events']})  counted {counted} (expected {truth['leaves']})  "
-            f"lines {db['lines']} (expected {truth['lines']})"
+            f"dbwatch counts: tracebacks {db['events']}  by category {db_cat}  counted {counted}  lines {db['lines']}"
         )
-        print(f"dbwatch by category: {{{', '.join(f'{k}: {v}' for k, v in summ['by_category'].items() if v)}}}")
         print(
-            f"ratio   : dbwatch/mtail throughput {mt_wall / db_wall:.1f}x  (target >= 10x; peak RSS target <= 64 MiB)"
+            f"ground truth  : tracebacks {truth['events']}  by category {truth['by_category']}  "
+            f"counted {truth['leaves']}  lines {truth['lines']}"
         )
-        exact = db["events"] == truth["events"] and counted == truth["leaves"] and db["lines"] == truth["lines"]
-        print(f"counts exact: {'yes' if exact else 'NO'}")
-        asyncio.run(tailing(work, args.appends, args.idle))
+        exact = (
+            db["events"] == truth["events"]
+            and db_cat == truth["by_category"]
+            and counted == truth["leaves"]
+            and db["lines"] == truth["lines"]
+        )
+        print(
+            f"counts exact  : dbwatch {'yes' if exact else 'NO'}; mtail "
+            f"{'yes' if mt_tb == truth['events'] and mt_cat == truth['by_category'] else 'NO'}"
+        )
+        print(
+            f"ratio   : dbwatch/mtail throughput {mt.cpu / db_run.cpu:.1f}x per CPU second, "
+            f"{mt.wall / db_run.wall:.1f}x wall  (target >= 10x)  dbwatch peak RSS {db_run.rss / 2**20:.1f} MiB "
+            f"(target <= 64 MiB)"
+        )
+        asyncio.run(tailing(work, tbs[0][1], args.appends, args.idle, log, min(args.backlog_mb, args.mb)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import run_cli
@@ -66,3 +70,41 @@ def test_scan_help_and_bad_usage(tmp_path: Path) -> None:
     missing = run_cli("scan", str(tmp_path / "nope.log"))
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
+
+
+def test_progress_bar_on_stderr_when_it_is_a_terminal(tmp_path: Path, log_corpus: dict[str, Path]) -> None:
+    """A file over 8 MB scanned with stderr on a pty: a bar that reaches 100%; stdout keeps the report."""
+    big = tmp_path / "big.log"
+    with big.open("wb") as f:
+        f.write(log_corpus["plain"].read_bytes())
+        f.write(b"2026-01-02 03:04:05,000 INFO [app.access] GET /items 200\n" * 160_000)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dbwatch", "scan", str(big)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            try:
+                piece = os.read(master, 65536)
+            except OSError:  # EIO: the pty's other side is closed and drained
+                break
+            if not piece:
+                break
+            err += piece
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert "format plain" in proc.stdout
+    text = err.decode()
+    assert "scan big.log: [" in text
+    assert "100.0%" in text

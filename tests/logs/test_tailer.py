@@ -190,3 +190,34 @@ def _total(body: str, source: str) -> float:
 
 def test_sample_app_lines_resolve() -> None:
     assert corpus.sampleapp.marker_line("leaf") > 0
+
+
+async def test_a_large_backlog_is_read_in_slices_that_yield(tmp_path: Path, blocks: dict[str, bytes]) -> None:
+    """16 MB appended at once: other tasks on the loop (scrapes, probes) run between slices; all of it is counted.
+
+    How long a slice takes is shown by bench/logs.py (/metrics latency while a backlog is read), not timed here.
+    """
+    rig = Rig(tmp_path, "plain", blocks)
+    filler = b"2026-01-02 03:04:05,000 INFO [app.access] GET /items 200\n" * 20_000
+    n = 0
+    while rig.path.exists() is False or rig.path.stat().st_size < 16 << 20:
+        rig.write(rig.block() + filler)
+        n += 1
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        await rig.tailer.cycle()
+    finally:
+        stop.set()
+        await task
+    await rig.settle()
+    assert rig.counted() == n * PER_BLOCK
+    assert ticks >= 16  # at least once per MiB read: the read never holds the loop for the whole backlog

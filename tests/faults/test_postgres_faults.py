@@ -31,9 +31,9 @@ SLACK = 0.5  # scheduling on a loaded 2-core machine
 # slow scrape on a busy machine does not count against dbwatch.
 DETECT = INTERVAL + TIMEOUT + SLACK  # a probe starts within one interval of the fault and ends within its timeout
 RECOVER = INTERVAL + SLACK  # the first probe after recovery succeeds within one interval
-# Collectors share one monitoring connection reopened with backoff (dbwatch/monconn.py, from 0.5 s doubling), so
-# after these short outages they are back within a second interval.
-RECOVER_COLLECTORS = 2 * INTERVAL + SLACK
+# Collectors share one monitoring connection reopened with backoff (dbwatch/monconn.py), capped so that the next
+# collection always tries again: they are back within one interval too.
+RECOVER_COLLECTORS = INTERVAL + SLACK
 SCRAPE_P50 = 0.25  # /metrics normally answers in a few ms; a scrape that waited on a probe would take its timeout
 SCRAPE_MAX = 2.0
 

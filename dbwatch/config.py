@@ -610,11 +610,19 @@ def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, b
     return interval, timeout, critical, stale_after
 
 
+_URL_BAD_CHARS: Final = re.compile(r'[\s\x00-\x1f\x7f<>"{}|\\^`]')
+
+
 def _url(value: Any, path: str) -> str:
     url = _str(value, path).strip()
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 host; the message would echo the URL
+        raise ConfigError(f"{path}: not a valid URL (expected http://host[:port]/path)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{path}: expected an http:// or https:// URL with a host")
+    if _URL_BAD_CHARS.search(url):
+        raise ConfigError(f"{path}: whitespace, control or unsafe characters in the URL; percent-encode them")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"{path}: no credentials in the URL; use secret_fields or secret_headers")
     try:

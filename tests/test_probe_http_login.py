@@ -270,6 +270,41 @@ def test_bad_login_config(extra: dict[str, Any], message: str) -> None:
     assert not any(f in str(e.value) for f in SENTINEL_FORMS)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http//x",
+        "http://",
+        "http:///login",
+        "//127.0.0.1/login",
+        "127.0.0.1:8000/login",
+        "mailto:a@b",
+        "ws://h/x",
+        "http://[::1/login",
+        "http://h:99999/",
+        "http://ex ample/login",
+        "http://h/log in",
+        "http://h/\x00",
+    ],
+)
+def test_malformed_login_url_is_a_config_error(url: str) -> None:
+    """Each malformed URL is a ConfigError naming the key (never a traceback from urllib or aiohttp)."""
+    with pytest.raises(ConfigError, match=r"^targets\[0\]\.url: ") as e:
+        from_mapping({"targets": [{"name": "login", "kind": "http_login", "url": url}]})
+    assert url not in str(e.value) or url == "http://"
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_malformed_login_url_exits_2_without_traceback(tmp_path: Path, command: str) -> None:
+    """`dbwatch check-config` and `dbwatch run` refuse `url: "http//x"`: exit 2, the key named, no traceback."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('targets:\n  - name: login\n    kind: http_login\n    url: "http//x"\n')
+    proc = run_cli(command, *(["--config"] if command == "run" else []), str(cfg))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("dbwatch: config error: targets[0].url: expected an http:// or https:// URL")
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 def test_missing_url_and_postgres_keys() -> None:
     with pytest.raises(ConfigError, match=r"targets\[0\]\.url: missing"):
         from_mapping({"targets": [{"name": "l", "kind": "http_login"}]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbwatch import __version__
@@ -59,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument(
         "--check", action="store_true", help="with --out: change nothing, exit 1 if the files there are out of date"
     )
+    rules.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="RULEFILE",
+        help="with --out: also write this hand-written rule file there (repeatable), e.g. config/dbwatch.rules.yml",
+    )
+    rules.add_argument(
+        "--max-for",
+        metavar="DURATION",
+        help="cut every alert's for: to at most DURATION (e.g. 1s) in what is written, so an end-to-end test fires "
+        "alerts in seconds; the shipped files are never changed. For tests only",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -112,21 +127,30 @@ def _load(path: str, listen: str | None = None) -> Config:
     return config
 
 
-def _rules(path: str, out: str | None, check: bool) -> int:
-    from pathlib import Path
-
+def _rules(path: str, out: str | None, check: bool, includes: list[Path], max_for_text: str | None) -> int:
     from dbwatch import rules
-    from dbwatch.config import ConfigError
+    from dbwatch.config import ConfigError, parse_duration
 
     config = _load(path)
     if not config.slos:
         raise ConfigError(f"{path}: no slos: to generate rules from")
+    max_for: float | None = None
+    if max_for_text is not None:
+        try:
+            max_for = parse_duration(max_for_text)
+        except ValueError:
+            raise ConfigError("--max-for: expected a duration like 1s or 500ms") from None
+        if max_for <= 0:
+            raise ConfigError("--max-for: must be > 0")
     if out is None:
         if check:
             raise ConfigError("--check needs --out DIR")
-        sys.stdout.write(rules.render({"groups": rules.slo_groups(config)}, path))
+        if includes:
+            raise ConfigError("--include needs --out DIR")
+        groups = rules.slo_groups(config)
+        sys.stdout.write(rules.render({"groups": rules.cap_for(groups, max_for) if max_for else groups}, path))
         return EXIT_OK
-    stale = rules.write(config, path, Path(out), check=check)
+    stale = rules.write(config, path, Path(out), check=check, max_for=max_for, includes=tuple(includes))
     for p in stale:
         sys.stdout.write(f"{'out of date' if check else 'wrote'}: {p}\n")
     if check and stale:
@@ -177,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(serve(config, web_config=web_config))
             return EXIT_OK
         if args.command == "rules":
-            return _rules(args.config, args.out, args.check)
+            return _rules(args.config, args.out, args.check, args.include, args.max_for)
         if args.command == "demo":
             from dbwatch.demo import run_demo
 

@@ -8,6 +8,7 @@ must be a bucket boundary of the histogram read (config validation refuses any o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -15,12 +16,14 @@ from typing import Any, Final
 import yaml
 
 from dbwatch import metrics as m
-from dbwatch.config import SLO, Config, Target, Window
+from dbwatch.config import SLO, Config, ConfigError, Target, Window
 
 __all__ = [
     "ALERT",
     "PROMETHEUSRULE_FILE",
     "RULES_FILE",
+    "cap_for",
+    "included",
     "prom_duration",
     "prometheus_rule",
     "render",
@@ -229,13 +232,83 @@ def render(doc: dict[str, Any], source: str) -> str:
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
 
 
-def write(config: Config, source: str, out: Path, *, check: bool = False) -> list[Path]:
-    """Write (or with check=True, compare) the rule file and the PrometheusRule; returns the paths that differ."""
+_PROM_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_PROM_DURATION: Final = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+
+
+def _prom_seconds(text: object) -> float:
+    """Seconds of a Prometheus duration such as `1h30m`; raises ConfigError for anything else."""
+    parts = _PROM_DURATION.findall(str(text))
+    if not parts or "".join(n + u for n, u in parts) != str(text):
+        raise ConfigError(f"for: {text!r} is not a Prometheus duration")
+    return sum(int(n) * _PROM_UNITS[u] for n, u in parts)
+
+
+def cap_for(groups: list[dict[str, Any]], max_for: float) -> list[dict[str, Any]]:
+    """The groups with every alert's `for:` cut to at most max_for seconds (`--max-for`: tests, never production)."""
+    cut = prom_duration(max_for)
+
+    def one(rule: dict[str, Any]) -> dict[str, Any]:
+        return {**rule, "for": cut} if "for" in rule and _prom_seconds(rule["for"]) > max_for else rule
+
+    return [{**g, "rules": [one(r) for r in g["rules"]]} for g in groups]
+
+
+def included(path: Path) -> list[dict[str, Any]]:
+    """The groups of a hand-written rule file given to `--include`; a file that is not one is a config error."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--include {path}: cannot read: {exc.strerror or type(exc).__name__}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"--include {path}: not YAML") from None
+    groups = doc.get("groups") if isinstance(doc, dict) else None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("rules"), list) for g in groups
+    ):
+        raise ConfigError(f"--include {path}: not a Prometheus rule file (groups: [{{name, rules}}])")
+    return groups
+
+
+def _header_note(max_for: float | None) -> str:
+    if max_for is None:
+        return ""
+    cut = prom_duration(max_for)
+    return f"# --max-for {cut}: every `for:` is cut to at most {cut}, for tests only.\n"
+
+
+def write(
+    config: Config,
+    source: str,
+    out: Path,
+    *,
+    check: bool = False,
+    max_for: float | None = None,
+    includes: tuple[Path, ...] = (),
+) -> list[Path]:
+    """Write (or with check=True, compare) the rule file and the PrometheusRule; returns the paths that differ.
+
+    `includes` are hand-written rule files written beside them (as DIR/<name>), with `max_for` applied too.
+    """
     groups = slo_groups(config)
+    if max_for is not None:
+        groups = cap_for(groups, max_for)
+    note = _header_note(max_for)
     files = {
-        out / RULES_FILE: render({"groups": groups}, source),
-        out / PROMETHEUSRULE_FILE: render(prometheus_rule(groups), source),
+        out / RULES_FILE: note + render({"groups": groups}, source),
+        out / PROMETHEUSRULE_FILE: note + render(prometheus_rule(groups), source),
     }
+    for path in includes:
+        if path.name in (RULES_FILE, PROMETHEUSRULE_FILE) or out / path.name in files:
+            raise ConfigError(f"--include {path}: its name clashes with another file written to {out}")
+        inc = included(path)
+        if max_for is not None:
+            inc = cap_for(inc, max_for)
+        files[out / path.name] = (
+            f"# Copied from {path} by `dbwatch rules --include`; edit that file, not this copy.\n"
+            + note
+            + yaml.dump({"groups": inc}, Dumper=_Dumper, sort_keys=False, width=1000)
+        )
     stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     if not check:
         out.mkdir(parents=True, exist_ok=True)

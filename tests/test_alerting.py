@@ -198,3 +198,50 @@ def test_rules_help() -> None:
     assert "--out" in proc.stdout
     assert "PrometheusRule" in proc.stdout
     assert os.path.exists(CONFIG / rules.PROMETHEUSRULE_FILE)
+
+
+def test_max_for_and_include_write_a_fast_copy_for_tests(tmp_path: Path) -> None:
+    """`--max-for 1s --include config/dbwatch.rules.yml`: every `for:` at most 1s, promtool-clean, shipped untouched."""
+    shipped = {p: p.read_text() for p in RULE_FILES}
+    proc = run_cli(
+        "rules", "--config", EXAMPLE, "--out", str(tmp_path), "--max-for", "1s",
+        "--include", "config/dbwatch.rules.yml", env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = [tmp_path / rules.RULES_FILE, tmp_path / "dbwatch.rules.yml"]
+    fors = [a.get("for") for f in written for a in alerts(f)]
+    assert {f for f in fors if f} == {"1s"}
+    assert len(alerts(tmp_path / "dbwatch.rules.yml")) == len(alerts(CONFIG / "dbwatch.rules.yml"))
+    no_for = {a["alert"] for a in alerts(CONFIG / "dbwatch.rules.yml") if "for" not in a}
+    assert no_for == {a["alert"] for a in alerts(tmp_path / "dbwatch.rules.yml") if "for" not in a}
+    assert "--max-for 1s" in (tmp_path / rules.RULES_FILE).read_text().splitlines()[0]
+    check = run(tool("promtool"), "check", "rules", *map(str, written))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert {p: p.read_text() for p in RULE_FILES} == shipped
+    # The shipped generated files are not what --max-for writes.
+    assert run_cli("rules", "--config", EXAMPLE, "--out", str(tmp_path), "--check", env=ENV).returncode == 1
+
+
+def test_cap_for_reads_compound_durations() -> None:
+    groups = [{"name": "g", "rules": [{"alert": "A", "expr": "1", "for": "1h30m"}, {"alert": "B", "expr": "1"}]}]
+    assert rules.cap_for(groups, 2) == [
+        {"name": "g", "rules": [{"alert": "A", "expr": "1", "for": "2s"}, {"alert": "B", "expr": "1"}]}
+    ]
+    assert rules.cap_for(groups, 86400)[0]["rules"][0]["for"] == "1h30m"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-for", "soon"], "--max-for: expected a duration"),
+        (["--max-for", "0s"], "--max-for: must be > 0"),
+        (["--include", "config/dbwatch.rules.yml"], "--include needs --out DIR"),
+        (["--out", "{tmp}", "--include", "config/nope.yml"], "--include config/nope.yml: cannot read"),
+        (["--out", "{tmp}", "--include", "config/dbwatch.example.yaml"], "not a Prometheus rule file"),
+    ],
+)
+def test_bad_max_for_or_include_exits_2(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli("rules", "--config", EXAMPLE, *(a.format(tmp=tmp_path) for a in args), env=ENV)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

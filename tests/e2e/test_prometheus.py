@@ -34,6 +34,32 @@ def test_dashboards_have_datasource_and_target_variables() -> None:
                 assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
+def test_dashboard_has_login_latency_and_error_budget_rows() -> None:
+    """Login probe, access-log latency by route and SLO burn-rate panels, in their own rows (issue 5)."""
+    dash = json.loads((REPO / "dashboards" / "dbwatch-overview.json").read_text())
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for panel in dash["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            rows[current] = []
+        else:
+            rows[current].extend(t["expr"] for t in panel["targets"])
+    login = next(exprs for title, exprs in rows.items() if title.startswith("Login latency"))
+    budget = next(exprs for title, exprs in rows.items() if title.startswith("Error budget"))
+    assert any("dbwatch_probe_up" in e and 'kind="http_login"' in e for e in login)
+    assert any("dbwatch_probe_duration_seconds_bucket" in e and 'kind="http_login"' in e for e in login)
+    assert any("dbwatch_http_request_duration_seconds_bucket" in e and "route, le" in e for e in login)
+    assert all('target=~"$target"' in e for e in login if "dbwatch_probe" in e)
+    assert {w for e in budget for w in ("5m", "1h", "6h", "3d") if f"dbwatch:slo_errors:ratio_rate{w})" in e} == {
+        "5m",
+        "1h",
+        "6h",
+        "3d",
+    }
+    assert any("dbwatch:slo_error_budget:remaining_ratio" in e for e in budget)
+
+
 async def test_prometheus_scrapes_dbwatch_and_dashboard_queries_are_valid(pg) -> None:
     """Prometheus scrapes a live dbwatch; every panel query parses, and the probe panels return data."""
     port = free_port()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -15,6 +17,7 @@ from typing import Any
 import yaml
 
 from dbwatch.pgcluster import free_port
+from tests.helpers import REPO
 
 
 def _wait_http(url: str, timeout: float = 30) -> None:
@@ -43,12 +46,15 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _start(self, argv: list[str], ready_path: str) -> None:
+    def _start(
+        self, argv: list[str], ready_path: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or self.dir, env=env)
         _wait_http(self.url + ready_path)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL after 10 s); its dir stays."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -56,6 +62,9 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -117,3 +126,20 @@ class Alertmanager(Service):
             ],
             "/-/ready",
         )
+
+
+class LoginApp(Service):
+    """tests/apps/asgi_login.py on uvicorn; logs to app.log and access.log in its dir, which dbwatch tails."""
+
+    def __init__(self, dsn: str, password: str, hook_addr: str) -> None:
+        super().__init__("loginapp")
+        env = {
+            **os.environ,
+            "LOGIN_APP_DATABASE_URL": dsn,
+            "LOGIN_APP_PASSWORD": password,
+            "LOGIN_APP_LOG_DIR": str(self.dir),
+            "DBWATCH_HOOK_ADDR": hook_addr,
+            "DBWATCH_HOOK_INTERVAL": "0.5",
+        }
+        argv = [sys.executable, "-m", "uvicorn", "tests.apps.asgi_login:app", "--host", "127.0.0.1"]
+        self._start([*argv, "--port", str(self.port), "--log-level", "warning"], "/healthz", env=env, cwd=REPO)

@@ -1,10 +1,12 @@
 """The demo's app: a small async SQLAlchemy workload that reproduces the seed outage's bugs now and then.
 
-Run as its own process (`python -m dbwatch.demo_workload`), like a real app beside the sidecar. The DSN comes from the
-environment (never argv, which `ps` shows). Every cycle it "logs in" a user; some cycles take the buggy path:
-`expire_on_commit=True` then `user.updated_at` read after commit → a real MissingGreenlet, or an attribute read on a
-detached instance → a real DetachedInstanceError. Failures are logged with their traceback through stdlib logging
-(plain text file) and structlog (JSON lines file), as a FastAPI app would log them.
+Run as its own process (`python -m dbwatch.demo_workload`), like a real app beside the sidecar. The DSN and the login
+password come from the environment (never argv, which `ps` shows). With `--port` it serves `POST /api/login` on
+127.0.0.1 (the endpoint the demo's synthetic login probe checks) and writes one JSON access record per request, with
+its duration, to `access/login.log` under the log dir. Every cycle it logs in a user through that endpoint; some
+cycles take the buggy path instead: `expire_on_commit=True` then `user.updated_at` read after commit → a real
+MissingGreenlet, or an attribute read on a detached instance → a real DetachedInstanceError. Failures are logged with
+their traceback through stdlib logging (plain text file) and structlog (JSON lines file), as a FastAPI app would.
 """
 
 from __future__ import annotations
@@ -13,16 +15,26 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import hmac
+import json
 import logging
 import os
 import random
+import secrets
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import structlog
+from aiohttp import web
 from sqlalchemy import DateTime, String, func, select
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dbwatch.demo import ACCESS_DIR, LOGIN_PATH
 
 __all__ = ["main"]
 
@@ -67,8 +79,54 @@ async def profile_detached(factory: async_sessionmaker[AsyncSession], email: str
     return user.email  # DetachedInstanceError
 
 
-async def run(dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: float) -> None:
-    """Run the workload; `cycles` 0 means until cancelled."""
+def login_app(factory: async_sessionmaker[AsyncSession], password: str, access_log: Path) -> web.Application:
+    """`POST /api/login` with `{username, password}`: the correct login path; one JSON access record per request."""
+    out = access_log.open("a", buffering=1, encoding="utf-8")
+
+    @web.middleware
+    async def access(request: web.Request, handler: Any) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        else:
+            status = resp.status
+            return resp
+        finally:
+            ms = round((time.perf_counter() - t0) * 1000, 3)
+            record = {"method": request.method, "path": request.path, "status": status, "duration_ms": ms}
+            out.write(json.dumps(record) + "\n")
+
+    async def login(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            email, given = str(body["username"]), str(body["password"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "bad request"}, status=400)
+        if not hmac.compare_digest(given.encode(), password.encode()):
+            return web.json_response({"error": "bad credentials"}, status=401)
+        try:
+            await login_ok(factory, email)
+        except NoResultFound:
+            return web.json_response({"error": "bad credentials"}, status=401)
+        return web.json_response({"access_token": secrets.token_urlsafe(16), "token_type": "bearer"})
+
+    async def close_log(app: web.Application) -> None:
+        out.close()
+
+    app = web.Application(middlewares=[access])
+    app.router.add_post(LOGIN_PATH, login)
+    app.on_cleanup.append(close_log)
+    return app
+
+
+async def run(
+    dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: float, port: int = 0, password: str = ""
+) -> None:
+    """Run the workload; `cycles` 0 means until cancelled. With a port, serve the login endpoint and log in via it."""
     plain = logging.getLogger("demoapp.auth")
     handler = logging.FileHandler(log_dir / "app.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
@@ -94,6 +152,14 @@ async def run(dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: flo
         if not (await session.execute(select(User).limit(1))).first():
             session.add_all([User(email=f"user{i}@example.com") for i in range(5)])
             await session.commit()
+    runner: web.AppRunner | None = None
+    client: aiohttp.ClientSession | None = None
+    if port:
+        (log_dir / ACCESS_DIR).mkdir(exist_ok=True)
+        runner = web.AppRunner(login_app(good, password, log_dir / ACCESS_DIR / "login.log"), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     rng = random.Random(42)
     n = 0
     try:
@@ -106,6 +172,12 @@ async def run(dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: flo
                     await login_buggy(bad, email)
                 elif roll < bug_rate:
                     await profile_detached(good, email)
+                elif client is not None:
+                    url = f"http://127.0.0.1:{port}{LOGIN_PATH}"
+                    with contextlib.suppress(aiohttp.ClientError):  # the endpoint's own errors are its log's
+                        async with client.post(url, json={"username": email, "password": password}) as resp:
+                            await resp.read()
+                    plain.info("login ok")
                 else:
                     await login_ok(good, email)
                     plain.info("login ok")
@@ -116,6 +188,10 @@ async def run(dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: flo
                     slog.exception("login_failed", path="/login")
             await asyncio.sleep(period)
     finally:
+        if client is not None:
+            await client.close()
+        if runner is not None:
+            await runner.cleanup()
         await engine.dispose()
         json_file.close()
 
@@ -127,13 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", type=int, default=0, help="stop after N cycles (0: run until killed)")
     p.add_argument("--period", type=float, default=0.5, help="seconds between cycles")
     p.add_argument("--bug-rate", type=float, default=0.2, help="fraction of cycles that take a buggy path")
+    p.add_argument(
+        "--port", type=int, default=0, help="serve POST /api/login on 127.0.0.1:PORT (password: DEMO_LOGIN_PASSWORD)"
+    )
     args = p.parse_args(argv)
     dsn = os.environ.get("DEMO_DATABASE_URL")
     if not dsn:
         sys.stderr.write("DEMO_DATABASE_URL is not set\n")
         return 2
+    password = os.environ.get("DEMO_LOGIN_PASSWORD", "")
+    if args.port and not password:
+        sys.stderr.write("--port needs DEMO_LOGIN_PASSWORD\n")
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(dsn, args.log_dir, args.cycles, args.period, args.bug_rate))
+        asyncio.run(run(dsn, args.log_dir, args.cycles, args.period, args.bug_rate, args.port, password))
     return 0
 
 

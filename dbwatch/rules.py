@@ -156,7 +156,8 @@ def _alert(slo: SLO, w: Window) -> dict[str, Any]:
     rule["annotations"] = {
         "summary": f"SLO {slo.name} ({_what(slo)}): error budget burning {_num(w.burn_rate)}x too fast over {pair}",
         "description": (
-            f"{slo.description + ' ' if slo.description else ''}Objective: {_objective_text(slo)} over "
+            f"{slo.description + ' ' if slo.description else ''}"
+            f"{f'Target: {slo.target}. ' if slo.target else ''}Objective: {_objective_text(slo)} over "
             f"{prom_duration(slo.period)}. The error ratio over {prom_duration(w.long)} is "
             "{{ $value | humanizePercentage }} and over "
             f"{prom_duration(w.short)} also above {_num(w.burn_rate)}x the budget ({limit}); at this rate the "

@@ -101,8 +101,19 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_section() ->
             assert a["alert"].lower() in anchors, f"README has no runbook section '### {a['alert']}'"
     hand = {a["alert"]: a for a in alerts(CONFIG / "dbwatch.rules.yml")}
     assert "$labels.location" in hand["DbwatchAsyncORMError"]["annotations"]["summary"]
-    for name in ("DbwatchProbeDown", "DbwatchConnectionSaturation", "DbwatchIdleInTransaction"):
+    for name in (
+        "DbwatchProbeDown",
+        "DbwatchConnectionSaturation",
+        "DbwatchIdleInTransaction",
+        "DbwatchBlockedSessions",
+    ):
         assert "$labels.target" in hand[name]["annotations"]["description"]
+    # App-side alerts have no database target: they name the app (log source or hook app) and its dbwatch instance.
+    assert "$labels.location" in hand["DbwatchAsyncORMError"]["annotations"]["description"]
+    for name in ("DbwatchAsyncORMError", "DbwatchPoolCheckoutTimeouts", "DbwatchUnfitPoolClass"):
+        assert "$labels.instance" in hand[name]["annotations"]["description"], name
+    for a in alerts(CONFIG / rules.RULES_FILE):
+        assert f"Target: {a['labels']['target']}." in a["annotations"]["description"]
 
 
 def test_amtool_check_config_is_clean() -> None:

@@ -220,7 +220,7 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
                 assert orm["labels"]["exception"] == "sqlalchemy.exc.MissingGreenlet"
                 assert orm["labels"]["severity"] == "page"
                 assert location in orm["annotations"]["description"]
-                assert "app" in orm["annotations"]["description"]
+                assert "in log source app (app on " + orm["labels"]["instance"] in orm["annotations"]["description"]
 
                 # Stopping the app: the login probe fails and DbwatchProbeDown pages for target "login".
                 stop_traffic.set()

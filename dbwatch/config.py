@@ -219,6 +219,7 @@ class LogSource:
     app_roots: tuple[str, ...] = ()
     app_packages: tuple[str, ...] = ()
     access: AccessConfig | None = None
+    target: str | None = None  # the database target the app behind this log uses (alerts name it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +294,7 @@ def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
                 "app_roots": list(s.app_roots or c.app_roots),
                 "app_packages": list(s.app_packages or c.app_packages),
                 "access": s.access is not None,
+                **({"target": s.target} if s.target else {}),
             }
             for s in c.sources
         ],
@@ -1029,7 +1031,7 @@ def _roots(value: Any, path: str) -> tuple[str, ...]:
     return tuple(os.path.abspath(r) for r in _strings(value, path))
 
 
-_SOURCE_KEYS: Final = ("name", "path", "format", "app_roots", "app_packages", "access")
+_SOURCE_KEYS: Final = ("name", "path", "format", "app_roots", "app_packages", "access", "target")
 
 
 def _source(raw: Any, path: str) -> LogSource:
@@ -1049,6 +1051,7 @@ def _source(raw: Any, path: str) -> LogSource:
         app_roots=node.take("app_roots", _roots, ()),
         app_packages=node.take("app_packages", _strings, ()),
         access=access_config(node.raw.pop("access"), f"{path}.access") if node.has("access") else None,
+        target=node.take("target", _str, "") or None,
     )
     node.done()
     return source
@@ -1143,6 +1146,9 @@ def from_mapping(raw: object) -> Config:
             raise ConfigError(f"slos[{i}].name: duplicate name {slo.name!r}")
         slos.append(slo)
     logs = _logs(node.take("logs", lambda v, p: v, {}), "logs")
+    for i, src in enumerate(logs.sources):
+        if src.target is not None and src.target not in by_name:
+            raise ConfigError(f"logs.sources[{i}].target: no target named {src.target!r}")
     node.done()
     return Config(listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs)
 

@@ -85,6 +85,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
                 "  sources:\n"
                 "    - name: demo-app\n"
                 f"      path: '{log_dir}/*.log'\n"
+                "      target: demo\n"
                 "    - name: demo-access\n"
                 f"      path: '{log_dir}/{ACCESS_DIR}/*.log'\n"
                 "      format: json\n"

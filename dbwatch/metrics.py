@@ -106,6 +106,12 @@ TARGET_INFO = MetricSpec(
     "Always 1 per configured target; labels carry its kind and whether it is critical.",
     ("target", "kind", "critical"),
 )
+LOG_SOURCE_INFO = MetricSpec(
+    "dbwatch_log_source_info",
+    MetricType.GAUGE,
+    "Always 1 per configured log source; target is the database target its app uses (empty when not set).",
+    ("source", "target"),
+)
 
 # --- access-log latency (dbwatch/logs/access.py) ---------------------------------------------
 # Login SLO thresholds are bucket boundaries (dbwatch rules refuses any other): 100, 200, 250, 300, 500 ms, 1 s, 2 s…

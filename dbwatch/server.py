@@ -112,6 +112,8 @@ def build_app(
 
         app.cleanup_ctx.append(run_ingest)
     if config.logs.sources:
+        for src in config.logs.sources:
+            store.set(("log_source", src.name), m.LOG_SOURCE_INFO, (src.name, src.target or ""), 1)
         watcher = LogWatcher(config.logs, store)
         app[LOGS] = watcher
 

@@ -256,3 +256,28 @@ def test_bad_max_for_or_include_exits_2(tmp_path: Path, args: list[str], message
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_log_source_target_names_a_target_and_is_exposed(tmp_path: Path) -> None:
+    """`logs.sources[].target` must name a target; dbwatch_log_source_info carries it for DbwatchAsyncORMError."""
+    from dbwatch import metrics as m
+    from dbwatch.server import build_app
+    from dbwatch.store import Store
+
+    raw: dict[str, Any] = {
+        "targets": [{"name": "primary", "dsn": "postgresql://h/d"}],
+        "logs": {
+            "state_dir": str(tmp_path),
+            "sources": [
+                {"name": "app", "path": str(tmp_path / "a.log"), "target": "primary"},
+                {"name": "other", "path": str(tmp_path / "b.log")},
+            ],
+        },
+    }
+    store = Store()
+    build_app(from_mapping(raw), store)
+    assert store.gauge_value(m.LOG_SOURCE_INFO, ("app", "primary")) == 1
+    assert store.gauge_value(m.LOG_SOURCE_INFO, ("other", "")) == 1
+    raw["logs"]["sources"][1]["target"] = "nope"
+    with pytest.raises(ConfigError, match=r"^logs\.sources\[1\]\.target: no target named 'nope'"):
+        from_mapping(raw)

@@ -51,7 +51,11 @@ class Service:
     ) -> None:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or self.dir, env=env)
-        _wait_http(self.url + ready_path)
+        try:
+            _wait_http(self.url + ready_path)
+        except BaseException:
+            self.close()  # the caller never got the object: stop the process and remove its dir here
+            raise
 
     def stop(self) -> None:
         """Terminate the process (SIGTERM, then SIGKILL after 10 s); its dir stays."""

@@ -128,7 +128,7 @@ def dbwatch_config(pg_dsn: str, app_url: str, log_dir: Path, hook_port: int) -> 
             "app_roots": [str(REPO)],
             "poll_interval": "200ms",
             "sources": [
-                {"name": "app", "path": str(log_dir / "app.log"), "format": "plain"},
+                {"name": "app", "path": str(log_dir / "app.log"), "format": "plain", "target": "main"},
                 {"name": "access", "path": str(log_dir / "access.log"), "format": "json", "access": {"format": "json"}},
             ],
         },
@@ -220,7 +220,8 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
                 assert orm["labels"]["exception"] == "sqlalchemy.exc.MissingGreenlet"
                 assert orm["labels"]["severity"] == "page"
                 assert location in orm["annotations"]["description"]
-                assert "in log source app (app on " + orm["labels"]["instance"] in orm["annotations"]["description"]
+                assert orm["labels"]["target"] == "main"
+                assert "in log source app (database target main)" in orm["annotations"]["description"]
 
                 # Stopping the app: the login probe fails and DbwatchProbeDown pages for target "login".
                 stop_traffic.set()

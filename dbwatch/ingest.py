@@ -27,7 +27,7 @@ import structlog
 from dbwatch import metrics as m
 from dbwatch.config import HookConfig
 from dbwatch.hook import wire
-from dbwatch.hook.categories import CATEGORIES
+from dbwatch.logs.classify import Category
 from dbwatch.store import Sample, Store
 
 __all__ = ["RESULTS", "Ingest", "Rejected", "running_ingest"]
@@ -45,6 +45,7 @@ RESULTS: Final = (
 )
 _CLASS_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,79}$")
 _ROUTE_RE: Final = re.compile(rf"^[\x21-\x7e]{{1,{wire.MAX_ROUTE_LEN}}}$")
+_CATEGORIES: Final = frozenset(c.value for c in Category)
 _MAX_ROWS: Final = 5000  # request/exception rows in one datagram; 64 KiB cannot hold more anyway
 _COUNTER_SPECS: Final = {
     "checkouts": m.APP_POOL_CHECKOUTS,
@@ -107,6 +108,7 @@ class Ingest:
         self._clock = clock
         self._apps: dict[str, _App] = {}
         self._token = config.token.reveal().encode() if config.token else None
+        self._logged: set[str] = set()  # rejection results already logged: each kind once, all counted
         for r in RESULTS:
             store.inc(m.HOOK_DATAGRAMS, (r,), 0)
 
@@ -117,6 +119,9 @@ class Ingest:
             result = "accepted"
         except Rejected as exc:
             result = exc.result
+            if result not in self._logged:
+                self._logged.add(result)
+                log.warning("hook_datagram_rejected", result=result, why=str(exc), size=len(data), first=True)
         self._store.inc(m.HOOK_DATAGRAMS, (result,))
         return result
 
@@ -153,6 +158,8 @@ class Ingest:
             if not isinstance(raw_engines, list) or len(raw_engines) > self.config.max_engines:
                 raise Rejected("bad_schema", "engines")
             engines = [_engine(e, self.config.max_label_values) for e in raw_engines]
+            if len({e["engine"] for e in engines}) != len(engines):
+                raise Rejected("bad_schema", "duplicate engine")
         requests = [_request(r) for r in _rows(doc.get("requests", []))]
         exceptions = [_exception(r) for r in _rows(doc.get("exceptions", []))]
         self._apply(app, worker_id, seq, dropped, engines, requests, exceptions)
@@ -208,8 +215,7 @@ class Ingest:
             label = self._bounded(app.routes, route, self.config.max_routes)
             name = self._bounded(app.names, exc_name, self.config.max_label_values)
             self._inc(w, ("x", route, exc_name, cat), n, m.APP_EXCEPTIONS, (app_name, label, name, cat))
-        if engines is not None:
-            self._publish(app_name, app)
+        self._publish(app_name, app)  # also for a middleware-only worker: it counts in dbwatch_app_hook_workers
 
     def _engine_counts(self, app_name: str, app: _App, w: _Worker, e: dict[str, Any]) -> None:
         eng = e["engine"]
@@ -405,7 +411,7 @@ def _exception(row: object) -> tuple[str, str, str, int]:
     if not isinstance(row, list) or len(row) != 4:
         raise Rejected("bad_schema", "exception")
     route, name, cat, n = row
-    if cat not in CATEGORIES:
+    if cat not in _CATEGORIES:
         raise Rejected("bad_schema", "category")
     return _route(route), _name(name, _CLASS_RE), cat, _count(n)
 

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from dbwatch.hook import wire
-from dbwatch.hook.categories import category, exception_name
 from dbwatch.hook.reporter import get_reporter
+from dbwatch.logs.classify import AppRules, classify_event
+from dbwatch.logs.traceback import Chain, Exc
 
-__all__ = ["DbwatchASGIMiddleware", "route_template"]
+__all__ = ["DbwatchASGIMiddleware", "category", "exception_name", "route_template"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +38,50 @@ _SEGMENT_RULES: Final = (
     (re.compile(r"^(?=.*\d)[A-Za-z0-9_\-.~%]{20,}$"), "{token}"),
 )
 _BUCKETS: Final = wire.LAYOUTS["request"]
+_MAX_CHAIN: Final = 8
+_MAX_GROUP: Final = 20
+_MAX_MESSAGE: Final = 2000
+_NO_APP_FRAMES: Final = AppRules()
+
+
+def _exc(e: BaseException, depth: int) -> Exc:
+    cls = type(e)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(e)[:_MAX_MESSAGE]
+    except Exception:  # noqa: BLE001 - a broken __str__ leaves the class to decide
+        message = ""
+    group: tuple[Chain, ...] = ()
+    subs = getattr(e, "exceptions", None) if isinstance(e, BaseExceptionGroup) else None
+    if subs and depth < 3:
+        group = tuple(_chain(sub, depth + 1) for sub in subs[:_MAX_GROUP])
+    return Exc(name, message, group=group, is_group=bool(group))
+
+
+def _chain(exc: BaseException, depth: int = 0) -> Chain:
+    """A live exception as the log watcher's `Chain` (outermost first; frames are not needed for the category)."""
+    excs: list[Exc] = []
+    links: list[str] = []
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(seen) < _MAX_CHAIN and cur not in seen:
+        if seen:
+            links.append("cause" if seen[-1].__cause__ is cur else "context")
+        seen.append(cur)
+        excs.append(_exc(cur, depth))
+        cur = cur.__cause__ if cur.__cause__ is not None else (None if cur.__suppress_context__ else cur.__context__)
+    return Chain(tuple(excs), tuple(links))
+
+
+def category(exc: BaseException) -> str:
+    """The log-watching category (dbwatch.logs.classify, one closed set) of a live exception and its chain."""
+    return classify_event(_chain(exc), _NO_APP_FRAMES).category.value
+
+
+def exception_name(exc: BaseException) -> str:
+    """A bounded, label-safe class name (`module.Class` is too long and too many; the class name says enough)."""
+    name = type(exc).__name__
+    return name[:80] if name.isidentifier() else "other"
 
 
 def route_template(path: str) -> str:

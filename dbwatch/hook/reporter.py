@@ -83,6 +83,11 @@ class Reporter:
             self._sources.append(source)
         self._ensure_thread()
 
+    def sources(self) -> list[Source]:
+        """The registered sources, as a copy."""
+        with self._lock:
+            return list(self._sources)
+
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():

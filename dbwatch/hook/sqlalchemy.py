@@ -1,10 +1,11 @@
 """Pool and engine instrumentation for SQLAlchemy 2.0/2.1 (sync Engine or AsyncEngine); imports only SQLAlchemy.
 
-Counts come from pool events (reset, invalidate, soft_invalidate, connect) and the dialect's handle_error.
+Counts come from pool events (invalidate, soft_invalidate, first connect) and the dialect's handle_error.
 SQLAlchemy has no event before a checkout or around a connect, so the pool's `connect` and `_invoke_creator` are
 wrapped on the pool instance to time the wait and the connect, count checkouts and timeouts; `_return_conn` (every
-checkin) is wrapped rather than listened to, which saves an event dispatch per checkin; `recreate` is wrapped so
-the pool `dispose()` builds is wrapped in turn. (An `engine_disposed` listener would do that, but any
+checkin, right after the reset) is wrapped rather than listening to `checkin` and `reset`: each event dispatch
+costs about what the whole wrapper does (bench/hook.py). `recreate` is wrapped so the pool `dispose()` builds is
+wrapped in turn. (An `engine_disposed` listener would do that, but any
 engine-level listener moves every Connection onto SQLAlchemy's slower evented path.)
 Everything here holds the engine and pool by weak reference only.
 """
@@ -12,6 +13,7 @@ Everything here holds the engine and pool by weak reference only.
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import threading
 import time
@@ -33,7 +35,6 @@ log = logging.getLogger("dbwatch.hook")
 
 _perf = time.perf_counter
 _wall = time.time
-_HELD_CAP: Final = 10_000  # checkout start times kept for held-time; more than this means records are leaking
 _ERROR_CAP: Final = 50  # distinct DBAPI error classes per engine before the rest count as `other`
 # null_pool_under_load: a window closes after this many checkouts; it holds when connects were >= 90% of them.
 # A window older than _UNDER_LOAD_MAX_AGE without that many checkouts is not load and starts over.
@@ -72,11 +73,12 @@ class EngineState:
         self._pool: weakref.ref[sa_pool.Pool] | None = None
         self.findings: set[str] = set()
         self._logged: set[str] = set()
-        self.c = dict.fromkeys(wire.COUNTERS, 0)
+        # The wire's counters, except `resets` (derived in report()), plus the returns of dead connections.
+        self.c = dict.fromkeys((*(k for k in wire.COUNTERS if k != "resets"), "returns_dead"), 0)
         self.h = {k: _hist(b) for k, b in wire.HISTS.items()}
         self.waiting = [0]
         self.errors: dict[str, int] = {}
-        self.held: dict[int, float] = {}
+        self.wall_offset = [_wall() - _perf()]  # time.time() - perf_counter(), refreshed on every report
         self._window = (0, 0, time.monotonic())  # (checkouts, connects, when) at the window's start
 
     def after_fork(self) -> None:
@@ -87,7 +89,6 @@ class EngineState:
             h[:] = [0] * (len(h) - 1) + [0.0]
         self.waiting[0] = 0
         self.errors.clear()
-        self.held.clear()
         self._window = (0, 0, time.monotonic())
 
     def alive(self) -> bool:
@@ -96,10 +97,10 @@ class EngineState:
     # ----- hot path: called on the app's threads, must be cheap and never raise -----------------------------
 
     def wrap_connect(self, pool: sa_pool.Pool) -> Callable[[], Any]:
-        """pool.connect() timed: waiting now, wait histogram, timeouts; and the checkout count and start time."""
+        """pool.connect() timed: waiting now, wait histogram, timeouts; the checkout count and its start time."""
         cls_connect = type(pool).connect
         pref = weakref.ref(pool)
-        c, waiting, held = self.c, self.waiting, self.held
+        c, waiting = self.c, self.waiting
         hist, bounds = self.h["checkout_wait"], wire.HISTS["checkout_wait"]
         bisect_left, perf, timeout_error = bisect.bisect_left, _perf, sa_exc.TimeoutError
 
@@ -108,18 +109,23 @@ class EngineState:
             waiting[0] += 1
             try:
                 fairy = cls_connect(pref())  # type: ignore[arg-type]
-            except timeout_error:
-                c["checkout_timeouts"] += 1
-                raise
-            finally:
+            except BaseException as exc:
                 waiting[0] -= 1
-                t1 = perf()
-                hist[bisect_left(bounds, t1 - t0)] += 1
-                hist[-1] += t1 - t0
+                dt = perf() - t0
+                hist[bisect_left(bounds, dt)] += 1
+                hist[-1] += dt
+                if isinstance(exc, timeout_error):
+                    c["checkout_timeouts"] += 1
+                raise
+            t1 = perf()
+            waiting[0] -= 1
+            dt = t1 - t0
+            hist[bisect_left(bounds, dt)] += 1
+            hist[-1] += dt
             c["checkouts"] += 1
-            rec = getattr(fairy, "_connection_record", None)
-            if rec is not None and len(held) < _HELD_CAP:
-                held[id(rec)] = t1
+            rec = fairy._connection_record
+            if rec is not None:  # held time starts; read back (and cleared) at checkin
+                rec._dbwatch_t0 = t1
             return fairy
 
         return connect
@@ -144,42 +150,42 @@ class EngineState:
         return invoke_creator
 
     def wrap_return(self, pool: sa_pool.Pool) -> Callable[[Any], None]:
-        """pool._return_conn(record), i.e. every checkin: count, time held, connection age.
+        """pool._return_conn(record), i.e. every checkin: count, resets, time held, connection age.
 
-        A wrapper rather than a `checkin` listener: it saves the event dispatch, a third of the hook's cost.
+        A wrapper rather than `checkin`/`reset` listeners: each event dispatch costs about as much as this whole
+        function. Every live connection coming back has just been reset (SQLAlchemy fires its `reset` event right
+        before this call), so resets are checkins minus the returns of a dead (invalidated) connection.
         """
         cls_return = type(pool)._return_conn
         pref = weakref.ref(pool)
-        c, held, perf, wall, bisect_left = self.c, self.held, _perf, _wall, bisect.bisect_left
+        c, perf, bisect_left, wall_offset = self.c, _perf, bisect.bisect_left, self.wall_offset
         held_h, held_b = self.h["held"], wire.HISTS["held"]
         age_h, age_b = self.h["age"], wire.HISTS["age"]
 
         def return_conn(record: Any) -> None:
             try:
                 c["checkins"] += 1
-                t0 = held.pop(id(record), None)
-                if t0 is not None:
-                    dt = perf() - t0
+                now = perf()
+                if record.dbapi_connection is None:
+                    c["returns_dead"] += 1
+                t0 = record._dbwatch_t0
+                if t0:
+                    record._dbwatch_t0 = 0.0
+                    dt = now - t0
                     held_h[bisect_left(held_b, dt)] += 1
                     held_h[-1] += dt
-                start = getattr(record, "starttime", 0)
+                start = record.starttime  # time.time() of the connect; compared via the perf_counter offset
                 if start:
-                    age = max(0.0, wall() - start)
+                    age = now + wall_offset[0] - start
+                    if age < 0.0:  # noqa: PLR1730 - max() is a call; this is the hot path
+                        age = 0.0
                     age_h[bisect_left(age_b, age)] += 1
                     age_h[-1] += age
-            except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only
+            except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only (or no t0 yet)
                 pass
             cls_return(pref(), record)  # type: ignore[arg-type]
 
         return return_conn
-
-    def listener_reset(self) -> Callable[[Any, Any, Any], None]:
-        c = self.c
-
-        def on_reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
-            c["resets"] += 1
-
-        return on_reset
 
     def on_invalidate(self, dbapi_connection: Any, record: Any, exception: Any) -> None:
         self.c["invalidations_hard"] += 1
@@ -277,7 +283,9 @@ class EngineState:
 
     def report(self) -> dict[str, Any]:
         pool = self._pool() if self._pool else None
+        self.wall_offset[0] = _wall() - _perf()
         c = dict(self.c)
+        c["resets"] = max(0, c["checkins"] - c.pop("returns_dead"))
         hists = {k: [*h[:-1], round(h[-1], 6)] for k, h in self.h.items()}
         errors = dict(self.errors)
         waiting = self.waiting[0]
@@ -375,6 +383,10 @@ def instrument(
 ) -> bool:
     """Instrument an AsyncEngine or Engine; idempotent, never raises. Returns whether the engine is instrumented.
 
+    A second live engine under a name already in use (same app and sidecar) is not instrumented: a warning is
+    logged and False returned, since both would report as one `engine` series. The same engine again is a no-op
+    that returns True.
+
     Args:
         name: the `engine` label (letters, digits, `_ . : -`).
         app: the `app` label; default `$DBWATCH_HOOK_APP` or `app`.
@@ -407,16 +419,24 @@ def _instrument(
     if not wire.NAME_RE.fullmatch(name):
         log.warning("dbwatch hook: engine name must be 1-63 letters, digits, '_', '.', ':' or '-'; not instrumented")
         return False
+    reporter: Reporter = get_reporter(sidecar, app, token, interval)
     with _states_lock:
         existing = _states.get(sync)
         if existing is not None:
             if existing.name != name:
                 existing.log_once(f"rename:{name}", "dbwatch hook: engine already instrumented as %s", existing.name)
             return True
+        if _name_taken(reporter, name):
+            log.warning(
+                "dbwatch hook: another live engine of app %s is already instrumented as %s; this one is not "
+                "(give each engine its own name)",
+                reporter.app,
+                name,
+            )
+            return False
         is_async = bool(getattr(sync.dialect, "is_async", False)) or sync is not engine
         state = EngineState(sync, name, is_async, server_idle_timeout)
         _states[sync] = state
-    event.listen(sync, "reset", state.listener_reset())
     event.listen(sync, "invalidate", state.on_invalidate)
     event.listen(sync, "soft_invalidate", state.on_soft_invalidate)
     event.listen(sync, "handle_error", state.on_error)
@@ -425,9 +445,25 @@ def _instrument(
     state.attach_pool(sync.pool)
     if is_async:
         _hook_sessions()
-    reporter: Reporter = get_reporter(sidecar, app, token, interval)
     reporter.add(_Source(state))
     return True
+
+
+def _name_taken(reporter: Reporter, name: str) -> bool:
+    """Whether a live engine already reports under this name to this sidecar and app (the sidecar's series key).
+
+    An engine that is only garbage (dropped but not yet collected) does not count: a clash collects once first.
+    """
+
+    def taken() -> bool:
+        return any(
+            isinstance(src, _Source) and src.state.name == name and src.state.alive() for src in reporter.sources()
+        )
+
+    if not taken():
+        return False
+    gc.collect()
+    return taken()
 
 
 def _hook_sessions() -> None:

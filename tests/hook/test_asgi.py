@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import sqlalchemy
 import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import QueuePool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,7 +22,9 @@ from starlette.routing import Match, Route
 
 from dbwatch import metrics as m
 from dbwatch.hook import DbwatchASGIMiddleware
-from dbwatch.hook.asgi import route_template
+from dbwatch.hook.asgi import category, route_template
+from dbwatch.logs.classify import AppRules, classify_event
+from dbwatch.logs.traceback import parse
 from dbwatch.pgcluster import free_port
 from tests.helpers import eventually
 from tests.hook.conftest import Sink
@@ -101,3 +106,41 @@ async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, 
     assert hist("unmatched", "GET", "4xx") == 2
     assert hist("/users/{user_id}", "POST", "4xx") == 1
     assert sink.counter(m.APP_EXCEPTIONS, "web", "/greenlet", "MissingGreenlet", "missing_greenlet") == 1
+
+
+def _raised(fn: Any) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+def test_live_exceptions_get_the_log_watchers_category() -> None:
+    """The middleware's category of a live exception is what the log watcher says of its printed traceback."""
+    engine = sqlalchemy.create_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=0.01)
+    held = engine.connect()
+
+    def wrapped() -> None:
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise RuntimeError("handler failed") from exc
+
+    def group() -> None:
+        raise ExceptionGroup("tasks", [_raised(engine.connect), _raised(lambda: 1 / 0)])
+
+    cases = {
+        "pool_timeout": _raised(engine.connect),  # a real QueuePool timeout
+        "other_db": _raised(lambda: held.execute(text("SELECT * FROM no_such_table"))),
+        "other": _raised(wrapped),
+    }
+    cases["pool_timeout (group)"] = _raised(group)
+    for expected, exc in cases.items():
+        chain = parse("".join(traceback.format_exception(exc)).splitlines())
+        assert chain is not None
+        logged = classify_event(chain, AppRules()).category.value
+        want = expected.split()[0]
+        assert (category(exc), logged) == (want, want), expected
+    held.close()
+    engine.dispose()

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+import structlog
 
 from dbwatch import metrics as m
 from dbwatch.config import ConfigError, HookConfig, from_mapping
@@ -117,6 +118,7 @@ def _bad_docs() -> list[tuple[str, object]]:
         ("bad_schema", lambda d: d.update(requests=[["/x", "BREW", "2xx", [0] * 13, 0.1]])),
         ("bad_schema", lambda d: d.update(exceptions=[["/x", "KeyError", "made_up", 1]])),
         ("bad_schema", lambda d: d.update(engines=[_engine(name=f"e{i}") for i in range(21)])),
+        ("bad_schema", lambda d: d.update(engines=[_engine(), _engine(checkouts=3)])),  # one engine name twice
         ("bucket_mismatch", lambda d: d["layouts"].update(held=[1.0, 2.0])),
         ("bucket_mismatch", lambda d: d.pop("layouts")),
     ]
@@ -141,6 +143,46 @@ def test_rejects_what_does_not_parse(result: str, doc: object) -> None:
     assert ingest.workers("shop") == 0
     for r in RESULTS:
         assert store.counter_value(m.HOOK_DATAGRAMS, (r,)) == (1 if r == result else 0)
+
+
+def test_each_kind_of_rejection_logged_once_and_all_counted() -> None:
+    """A flood of bad datagrams logs one warning per kind of rejection, and counts every datagram."""
+    ingest, store, _ = _ingest()
+    with structlog.testing.capture_logs() as events:
+        for _ in range(50):
+            assert ingest.receive(b"{not json") == "bad_json"
+            assert ingest.receive(b" " * 70000) == "too_large"
+        assert _send(ingest, _doc(v=2)) == "bad_schema"
+        assert _send(ingest, _doc()) == "accepted"
+    rejected = [e for e in events if e["event"] == "hook_datagram_rejected"]
+    assert sorted(e["result"] for e in rejected) == ["bad_json", "bad_schema", "too_large"]
+    assert store.counter_value(m.HOOK_DATAGRAMS, ("bad_json",)) == 50
+    assert store.counter_value(m.HOOK_DATAGRAMS, ("too_large",)) == 50
+    assert store.counter_value(m.HOOK_DATAGRAMS, ("bad_schema",)) == 1
+
+
+def test_request_and_exception_counts_sum_over_workers() -> None:
+    """The ASGI middleware's cumulative per-process rows: workers add up, repeats and stale rows do not count."""
+    ingest, store, _ = _ingest()
+    n = len(wire.LAYOUTS["request"]) + 1
+
+    def rows(fast: int, slow: int, errors: int) -> dict[str, Any]:
+        counts = [fast, *([0] * (n - 2)), slow]
+        return {
+            "requests": [["/users/{id}", "GET", "2xx", counts, fast * 0.001 + slow * 20.0]],
+            "exceptions": [["/users/{id}", "MissingGreenlet", "missing_greenlet", errors]],
+        }
+
+    web = {k: v for k, v in _doc().items() if k != "engines"}  # a middleware-only process sends no engines
+    assert _send(ingest, {**web, "worker": "h:1:a", "seq": 1, **rows(3, 0, 1)}) == "accepted"
+    assert _send(ingest, {**web, "worker": "h:1:a", "seq": 2, **rows(5, 1, 2)}) == "accepted"
+    assert _send(ingest, {**web, "worker": "h:1:a", "seq": 1, **rows(3, 0, 1)}) == "accepted"  # late repeat
+    assert _send(ingest, {**web, "worker": "h:2:b", "seq": 1, **rows(4, 0, 3)}) == "accepted"
+    count, total = store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/users/{id}", "GET", "2xx"))
+    assert count == 5 + 1 + 4
+    assert total == pytest.approx(0.009 + 20.0)
+    assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/users/{id}", "MissingGreenlet", "missing_greenlet")) == 5
+    assert store.gauge_value(m.APP_HOOK_WORKERS, ("shop",)) == 2
 
 
 def test_token_required_when_configured() -> None:

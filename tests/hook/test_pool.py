@@ -61,6 +61,10 @@ async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url) -> None:
     held_count, held_total = sink.hist(m.APP_POOL_HELD, *labels)
     assert held_count == 2
     assert held_total > 0
+    age_count, age_total = sink.hist(m.APP_POOL_CONNECTION_AGE, *labels)
+    assert age_count == 2  # connection age at each checkin
+    assert age_total >= held_total  # a connection is at least as old as the checkout that held it
+    assert sink.counter(m.APP_POOL_RESETS, *labels) == 2
     await eventually(lambda: sink.gauge(m.APP_POOL_WAITING, *labels) == 0)
     assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 0
     assert sink.gauge(m.APP_POOL_IDLE, *labels) == 2
@@ -219,3 +223,26 @@ def test_hook_never_raises_into_the_app(caplog) -> None:
         conn.execute(text("SELECT 1"))
     assert state_of(engine).c["checkouts"] == 1  # type: ignore[union-attr]
     engine.dispose()
+
+
+async def test_second_live_engine_with_a_taken_name_is_refused(sink: Sink, sa_url, caplog) -> None:
+    """A second live engine under a name in use is not instrumented (warning, False); once the first is gone it is."""
+    caplog.set_level(logging.WARNING, logger="dbwatch.hook")
+    first = create_async_engine(sa_url)
+    second = create_async_engine(sa_url)
+    _hook(first, sink, "dup")
+    assert instrument(first, "dup", app=APP, sidecar=sink.addr)  # the same engine again: still fine
+    assert not instrument(second, "dup", app=APP, sidecar=sink.addr)
+    assert state_of(second) is None
+    assert instrument(second, "dup", app="other-app", sidecar=sink.addr)  # another app: another series
+    assert len([r for r in caplog.records if "already instrumented as dup" in r.getMessage()]) == 1
+    for engine in (first, second):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    await eventually(lambda: sink.counter(m.APP_POOL_CHECKINS, APP, "dup") == 1)
+    await first.dispose()
+    del first
+    third = create_async_engine(sa_url)
+    assert instrument(third, "dup", app=APP, sidecar=sink.addr)  # the name is free once its engine is collected
+    await second.dispose()
+    await third.dispose()

@@ -11,7 +11,9 @@ In one process, on the SQLAlchemy it runs with, it builds identical engines and 
 Two engines kinds: a sync `sqlite` file engine with a QueuePool (pool cost alone), and an `asyncpg` AsyncEngine
 against a throwaway PostgreSQL (what an async app runs). It prints the median µs per checkout+checkin of each mode,
 the µs the instrumentation adds and the ratio to plain; then RSS and Python heap over 1,000,000 checkouts with the
-hook, to show memory stays flat.
+hook, to show memory stays flat. With `--callgrind` it also counts the CPU instructions per checkout+checkin of each
+mode on the sqlite engine under valgrind's callgrind (difference of a 3,000- and a 1,000-checkout run): a figure
+that does not move when other processes load the machine.
 
 Run both SQLAlchemy versions:  .venv/bin/python bench/hook.py --all
 One interpreter:               .venv-sa20/bin/python bench/hook.py [--rounds 7] [--n 20000] [--million 1000000]
@@ -25,6 +27,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,6 +175,52 @@ def bench_memory(engine: sqlalchemy.Engine, total: int) -> None:
     print(f"    heap growth {(heap1 - heap0) / 1e3:+.1f} kB; reports dropped (no sidecar): {rep.dropped}")
 
 
+def ir_child(mode: str, n: int) -> None:
+    """Under callgrind: one sqlite engine in `mode`, warmed up, then n checkouts (the parent diffs two n)."""
+    with tempfile.TemporaryDirectory(prefix="dbwatch-bench-") as d:
+        engine = sqlalchemy.create_engine(f"sqlite:///{d}/ir.db", poolclass=QueuePool, pool_size=5)
+        if mode == "dbwatch":
+            instrument(engine, "bench", sidecar=NOWHERE, interval=3600.0)
+        elif mode == "otel":
+            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+            from opentelemetry.sdk.trace import TracerProvider
+
+            SQLAlchemyInstrumentor().instrument(
+                engines=[engine],
+                tracer_provider=TracerProvider(),
+                meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            )
+        time_sync(engine, 2000)
+        time_sync(engine, n)
+        engine.dispose()
+
+
+def bench_callgrind() -> None:
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("  callgrind: valgrind not installed, skipped")
+        return
+    modes = ["plain", "dbwatch"] + (["otel"] if otel_available() else [])
+    per: dict[str, float] = {}
+    for mode in modes:
+        counts = []
+        for n in (1000, 3000):
+            cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+            out = subprocess.run([*cmd, "--ir-child", mode, str(n)], capture_output=True, text=True, check=False)
+            m = re.search(r"Collected : (\d+)", out.stderr)
+            if m is None:
+                print(f"  callgrind: {mode} run failed: {out.stderr[-300:]}")
+                return
+            counts.append(int(m.group(1)))
+        per[mode] = (counts[1] - counts[0]) / 2000
+    print("  sqlite (sync Engine, QueuePool) under callgrind: CPU instructions per checkout+checkin")
+    for mode, ir in per.items():
+        extra = "" if mode == "plain" else f"   added {ir - per['plain']:+9,.0f}   ratio {ir / per['plain']:5.2f}x"
+        print(f"    {mode:8s} {ir:9,.0f}{extra}")
+
+
 def run_all() -> None:
     for venv in (".venv-sa20", ".venv"):
         py = REPO / venv / "bin" / "python"
@@ -187,7 +237,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="checkouts per round and mode (asyncpg: n/4)")
     parser.add_argument("--million", type=int, default=1_000_000, help="checkouts for the memory check (0: skip)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the asyncpg/PostgreSQL part")
+    parser.add_argument("--callgrind", action="store_true", help="also count instructions per checkout (valgrind)")
+    parser.add_argument("--ir-child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ir_child:
+        ir_child(args.ir_child[0], int(args.ir_child[1]))
+        return
     if args.all:
         run_all()
         return
@@ -211,6 +266,8 @@ def main() -> None:
             bench_memory(engines["sqlite"]["dbwatch"], args.million)
         for engine in engines["sqlite"].values():
             engine.dispose()
+    if args.callgrind:
+        bench_callgrind()
     print("  target: the hook adds <= 5 µs per checkout+checkin")
 
 

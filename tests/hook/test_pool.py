@@ -246,3 +246,19 @@ async def test_second_live_engine_with_a_taken_name_is_refused(sink: Sink, sa_ur
     assert instrument(third, "dup", app=APP, sidecar=sink.addr)  # the name is free once its engine is collected
     await second.dispose()
     await third.dispose()
+
+
+async def test_overflow_in_use_reported(sink: Sink, sa_url) -> None:
+    """QueuePool(size=1, max_overflow=1): two holders put one connection in overflow; none once both are back."""
+    engine = create_async_engine(sa_url, pool_size=1, max_overflow=1)
+    _hook(engine, sink, "overflow")
+    labels = (APP, "overflow")
+    async with engine.connect() as a, engine.connect() as b:
+        await a.execute(text("SELECT 1"))
+        await b.execute(text("SELECT 1"))
+        await eventually(lambda: sink.gauge(m.APP_POOL_OVERFLOW, *labels) == 1)
+        assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 2
+    await eventually(lambda: sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 0)
+    assert sink.gauge(m.APP_POOL_OVERFLOW, *labels) == 0
+    assert sink.gauge(m.APP_POOL_SETTING, *labels, "max_overflow") == 1
+    await engine.dispose()

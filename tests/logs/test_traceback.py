@@ -135,3 +135,30 @@ def test_secret_looking_values_are_redacted_in_messages() -> None:
     assert "hunter2" not in out
     assert "abcdefghijklmnop" not in out
     assert "postgresql://app:***@db/app" in out
+
+
+_SITE = "/usr/local/lib/python3.12/site-packages"
+_APP_LOG = f"""2026-01-02 03:04:05,000 ERROR [myapp.auth] Login failed
+Traceback (most recent call last):
+  File "{_SITE}/starlette/routing.py", line 74, in app
+    response = await func(request)
+  File "{_SITE}/myapp/auth.py", line 42, in login
+    return user.email
+  File "{_SITE}/sqlalchemy/orm/attributes.py", line 566, in __get__
+    return self.impl.get(state, dict_)
+sqlalchemy.exc.MissingGreenlet: greenlet_spawn has not been called; can't call await_only() here.
+2026-01-02 03:04:06,000 INFO [myapp.auth] next
+"""
+
+
+def test_app_package_in_site_packages_is_the_location() -> None:
+    """With `app_packages: [myapp]` the wheel's frame is the app line; without it no frame is app code."""
+    events: list[Event] = []
+    sc = PlainScanner(events.append, Stats())
+    sc.feed(_APP_LOG.encode(), final=True)
+    assert len(events) == 1
+    c = classify_event(events[0].chain, AppRules((), ("myapp",)))
+    assert c.category is Category.MISSING_GREENLET
+    assert c.location is not None
+    assert (c.location.path, c.location.line, c.location.function) == (f"{_SITE}/myapp/auth.py", 42, "login")
+    assert classify_event(events[0].chain, AppRules()).location is None

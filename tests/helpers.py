@@ -102,6 +102,18 @@ def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float 
     return None
 
 
+def demo_process(*args: str, stderr: int = subprocess.STDOUT) -> subprocess.Popen[str]:
+    """`dbwatch demo ARGS` as a child with line-buffered text output on its stdout (stderr merged unless told)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dbwatch", "demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `python -m dbwatch ARGS` and echo its output into the test's captured output."""
     proc = subprocess.run(

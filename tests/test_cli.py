@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from dbwatch import __version__
 from dbwatch.pgcluster import free_port
-from tests.helpers import REPO, SENTINEL_FORMS, run_cli
+from tests.helpers import REPO, SENTINEL_FORMS, demo_process, run_cli
 
 
 def test_version() -> None:
@@ -108,14 +107,7 @@ def test_demo_runs_and_cleans_up() -> None:
 
 def test_demo_cleans_up_on_sigterm() -> None:
     """SIGTERM while the demo runs: exit 0, cluster and temp dir gone."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dbwatch", "demo", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = demo_process("--interval", "1", "--listen", f"127.0.0.1:{free_port()}", stderr=subprocess.PIPE)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:

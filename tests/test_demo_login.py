@@ -3,29 +3,19 @@ the endpoint's access log feeds dbwatch_http_request_duration_seconds; the live 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
-from tests.helpers import REPO, sample
+from tests.helpers import demo_process, sample
 
 PROBE = re.compile(r"demo-login +up=1 connect=[\d.]+ms tls=- ttfb=[\d.]+ms total=[\d.]+ms")
 LATENCY = re.compile(r"demo-access +login latency \(access log\): POST /api/login n=[1-9]\d* mean=[\d.]+ms p95<=")
 
 
 def test_demo_login_probe_and_access_log_latency() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dbwatch", "demo", "--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = demo_process("--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1")
     assert proc.stdout is not None
     seen: list[str] = []
     metrics_url = ""

@@ -3,16 +3,13 @@ the workload's own code lines (real SQLAlchemy errors, logged through logging an
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from dbwatch import demo_workload
-from tests.helpers import REPO
+from tests.helpers import demo_process
 
 
 def _line(marker: str) -> int:
@@ -25,14 +22,7 @@ def _line(marker: str) -> int:
 def test_demo_prints_logged_exceptions_with_their_code_lines() -> None:
     greenlet = f"missing_greenlet=\\d+ at dbwatch/demo_workload.py:{_line('# MissingGreenlet')}"
     detached = f"lazy_load=\\d+ at dbwatch/demo_workload.py:{_line('# DetachedInstanceError')}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dbwatch", "demo", "--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = demo_process("--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1")
     assert proc.stdout is not None
     seen: list[str] = []
     deadline = time.monotonic() + 50

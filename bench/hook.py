@@ -8,12 +8,17 @@ In one process, on the SQLAlchemy it runs with, it builds identical engines and 
 - `otel`: opentelemetry-instrumentation-sqlalchemy with the SDK's tracer and meter providers (SQLAlchemy < 2.1
   only: that package refuses 2.1).
 
+OpenTelemetry's instrument() also patches SQLAlchemy process-wide (create_engine, Engine.connect), which slows
+every engine, instrumented or not. So `plain` and `dbwatch` are timed first, before it is loaded; then `otel`
+beside a `plain` engine in the patched process (`plain+otel-loaded`). Its cost is shown against both baselines.
+
 Two engines kinds: a sync `sqlite` file engine with a QueuePool (pool cost alone), and an `asyncpg` AsyncEngine
-against a throwaway PostgreSQL (what an async app runs). It prints the median µs per checkout+checkin of each mode,
-the µs the instrumentation adds and the ratio to plain; then RSS and Python heap over 1,000,000 checkouts with the
-hook, to show memory stays flat. With `--callgrind` it also counts the CPU instructions per checkout+checkin of each
-mode on the sqlite engine under valgrind's callgrind (difference of a 3,000- and a 1,000-checkout run): a figure
-that does not move when other processes load the machine.
+against a throwaway PostgreSQL (what an async app runs). It prints the best and median µs per checkout+checkin of
+each mode and the µs an instrumentation adds: the median, over rounds, of its time minus plain's in the same round
+(back to back, so drift on a busy machine cancels), with the ratio to plain; then RSS and Python heap over
+1,000,000 checkouts with the hook, to show memory stays flat. With `--callgrind` it also counts the CPU
+instructions per checkout+checkin of each mode on the sqlite engine under valgrind's callgrind (difference of a
+3,000- and a 1,000-checkout run): a figure that does not move when other processes load the machine.
 
 Run both SQLAlchemy versions:  .venv/bin/python bench/hook.py --all
 One interpreter:               .venv-sa20/bin/python bench/hook.py [--rounds 7] [--n 20000] [--million 1000000]
@@ -89,17 +94,29 @@ async def time_async(engine: AsyncEngine, n: int) -> float:
     return (_clock() - t0) / n * 1e6
 
 
+def added(results: dict[str, list[float]], mode: str, base: str) -> float:
+    """Median over rounds of mode minus base, each pair timed back to back in one round."""
+    return statistics.median(a - b for a, b in zip(results[mode], results[base], strict=True))
+
+
 def report(kind: str, results: dict[str, list[float]]) -> None:
-    """Per mode: best and median round; `added` and `ratio` from the best rounds (least disturbed by others)."""
-    base = min(results["plain"])
+    """Per mode: best and median round, and what it adds to plain (paired median) with the ratio."""
     print(f"  {kind}: CPU µs per checkout+checkin, best / median of {len(results['plain'])} interleaved rounds")
+    plain = statistics.median(results["plain"])
     for mode, values in results.items():
         best, med = min(values), statistics.median(values)
-        extra = "" if mode == "plain" else f"   added {best - base:+7.2f} µs   ratio {best / base:5.2f}x"
-        print(f"    {mode:8s} {best:8.2f} / {med:8.2f} µs{extra}")
+        extra = ""
+        if mode in ("dbwatch", "otel"):
+            add = added(results, mode, "plain")
+            extra = f"   added {add:+7.2f} µs   ratio {(plain + add) / plain:5.2f}x"
+            if mode == "otel":
+                extra += f"   (+{added(results, 'otel', 'plain+otel-loaded'):.2f} µs beside plain+otel-loaded)"
+        elif mode != "plain":  # plain+otel-loaded: what OTel's process-wide patches cost an engine it did not touch
+            extra = f"   (plain +{added(results, mode, 'plain'):.2f} µs once OTel is loaded; not interleaved)"
+        print(f"    {mode:19s} {best:8.2f} / {med:8.2f} µs{extra}")
     if "otel" in results:
-        hook = min(results["dbwatch"]) - base
-        otel = min(results["otel"]) - base
+        hook = added(results, "dbwatch", "plain")
+        otel = added(results, "otel", "plain")
         ratio = f"otel/dbwatch = {otel / hook:.1f}x" if hook >= 0.5 else "dbwatch within this run's noise"
         print(f"    otel adds {otel:.1f} µs, dbwatch {hook:.1f} µs: {ratio}")
 
@@ -115,40 +132,69 @@ def make_engines(tmp: Path, pg_url: sqlalchemy.engine.URL | None) -> dict[str, d
     instrument(out["sqlite"]["dbwatch"], "bench", sidecar=NOWHERE, interval=1.0)
     if pg_url is not None:
         instrument(out["asyncpg"]["dbwatch"], "bench-pg", sidecar=NOWHERE, interval=1.0)
-    if "otel" in modes:
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-        from opentelemetry.sdk.trace import TracerProvider
-
-        targets = [out["sqlite"]["otel"]] + ([out["asyncpg"]["otel"].sync_engine] if pg_url is not None else [])
-        SQLAlchemyInstrumentor().instrument(
-            engines=targets,
-            tracer_provider=TracerProvider(),
-            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
-        )
     return out
 
 
-def bench_sqlite(engines: dict[str, sqlalchemy.Engine], rounds: int, n: int) -> None:
+def instrument_otel(engines: list[sqlalchemy.Engine]) -> None:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    SQLAlchemyInstrumentor().instrument(
+        engines=engines,
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+    )
+
+
+def time_rounds(engines: dict[str, sqlalchemy.Engine], rounds: int, n: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {m: [] for m in engines}
     for engine in engines.values():
         time_sync(engine, 2000)  # warm up: connect, caches
     for _ in range(rounds):
         for mode, engine in engines.items():
             results[mode].append(time_sync(engine, n))
-    report("sqlite (sync Engine, QueuePool)", results)
+    return results
 
 
-async def bench_asyncpg(engines: dict[str, AsyncEngine], rounds: int, n: int) -> None:
+async def time_rounds_async(engines: dict[str, AsyncEngine], rounds: int, n: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {m: [] for m in engines}
     for engine in engines.values():
         await time_async(engine, 500)
     for _ in range(rounds):
         for mode, engine in engines.items():
             results[mode].append(await time_async(engine, n // 4))
-    report("asyncpg (AsyncEngine, AsyncAdaptedQueuePool, PostgreSQL on loopback)", results)
-    for engine in engines.values():
+    return results
+
+
+def otel_phase(results: dict[str, list[float]], after: dict[str, list[float]]) -> None:
+    """Fold the rounds timed once OTel was loaded into the first phase's: otel is paired with that phase's plain."""
+    results["plain+otel-loaded"] = after["plain"]
+    results["otel"] = after["otel"]
+
+
+def bench_both(engines: dict[str, dict[str, Any]], rounds: int, n: int) -> None:
+    """plain and dbwatch first; then OpenTelemetry is loaded and otel timed beside plain in the patched process."""
+    two = ("plain", "dbwatch")
+    sqlite = time_rounds({m: engines["sqlite"][m] for m in two}, rounds, n)
+    pg = engines["asyncpg"]
+    with asyncio.Runner() as runner:  # one loop throughout: the pooled asyncpg connections belong to it
+        asyncpg = runner.run(time_rounds_async({m: pg[m] for m in two}, rounds, n)) if pg else None
+        if "otel" in engines["sqlite"]:
+            instrument_otel([engines["sqlite"]["otel"]] + ([pg["otel"].sync_engine] if pg else []))
+            pair = ("plain", "otel")
+            otel_phase(sqlite, time_rounds({m: engines["sqlite"][m] for m in pair}, rounds, n))
+            if asyncpg is not None:
+                otel_phase(asyncpg, runner.run(time_rounds_async({m: pg[m] for m in pair}, rounds, n)))
+        report("sqlite (sync Engine, QueuePool)", sqlite)
+        if asyncpg is not None:
+            report("asyncpg (AsyncEngine, AsyncAdaptedQueuePool, PostgreSQL on loopback)", asyncpg)
+            runner.run(dispose_all(pg.values()))
+
+
+async def dispose_all(engines: Any) -> None:
+    for engine in engines:
         await engine.dispose()
 
 
@@ -233,7 +279,7 @@ def run_all() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="run under .venv-sa20 (SQLAlchemy 2.0) and .venv (2.1)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--n", type=int, default=20_000, help="checkouts per round and mode (asyncpg: n/4)")
     parser.add_argument("--million", type=int, default=1_000_000, help="checkouts for the memory check (0: skip)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the asyncpg/PostgreSQL part")
@@ -259,9 +305,7 @@ def main() -> None:
                 "postgresql+asyncpg", "bench", PASSWORD, cluster.host, cluster.port, "postgres"
             )
         engines = make_engines(Path(d), pg_url)
-        bench_sqlite(engines["sqlite"], args.rounds, args.n)
-        if pg_url is not None:
-            asyncio.run(bench_asyncpg(engines["asyncpg"], args.rounds, args.n))
+        bench_both(engines, args.rounds, args.n)
         if args.million:
             bench_memory(engines["sqlite"]["dbwatch"], args.million)
         for engine in engines["sqlite"].values():

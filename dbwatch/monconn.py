@@ -3,7 +3,8 @@
 Collectors take turns on it (a lock), so however many collections or scrapes happen at once, dbwatch holds at
 most one monitoring session per target. Because it stays open, dbwatch keeps reporting sessions while the server
 refuses new connections (`max_connections` reached). On PostgreSQL the session runs with a short `lock_timeout`
-(set in the startup packet, so no extra statement) and every query with a client-side timeout that cancels it.
+(set in the startup packet) and `statement_timeout` (one SET per connection), and every query also has a
+client-side timeout that cancels it.
 """
 
 from __future__ import annotations
@@ -43,24 +44,35 @@ class MonitorDown(ConnectionError):
 
 
 def session_settings(target: Target) -> dict[str, str]:
-    """Startup settings of the PostgreSQL monitoring session.
+    """Timeouts of the PostgreSQL monitoring session, in milliseconds.
 
-    `lock_timeout` makes the server itself give up a collection stuck behind a lock (a lock storm), so dbwatch never
-    queues behind one. The statement limit is the collection budget, enforced by a protocol cancel from the client
-    side (asyncpg's query timeout): overriding `statement_timeout` in the session would hide the server's own value,
-    which the pg_activity collector reports.
+    `lock_timeout` (half the collection budget) makes the server itself give up a collection stuck behind a lock (a
+    lock storm), so dbwatch never queues behind one. `statement_timeout` (three quarters of the budget) ends any
+    other slow statement on the server before the client's cancel at the budget, which needs a connection of its
+    own and may not get one when the server is at max_connections.
     """
     budget_ms = max(1, int(target.collect.budget * 1000))
-    return {"lock_timeout": str(max(1, budget_ms // 2))}
+    return {"lock_timeout": str(max(1, budget_ms // 2)), "statement_timeout": str(max(1, budget_ms * 3 // 4))}
 
 
 async def _connect_postgres(target: Target, timeout: float) -> Any:
-    kwargs = connect_kwargs(target, timeout, settings=session_settings(target))
+    # lock_timeout goes in the startup packet (no statement). statement_timeout is SET once the session is up: a
+    # SET leaves the value RESET would restore (configuration file, role, database) to the server, where the
+    # pg_activity collector reads it as the server's own; a startup-packet value would take its place.
+    settings = session_settings(target)
+    statement_timeout = settings.pop("statement_timeout")
+    kwargs = connect_kwargs(target, timeout, settings=settings)
     # The collectors' few statements are prepared once per connection and re-executed: the server skips parse
     # and plan on every collection (a third of the backend CPU of pg_activity). So a postgres target must be the
     # server itself, not a transaction-pooling pgbouncer in front of it (use a `pgbouncer` target for that).
     kwargs["statement_cache_size"] = PREPARED_STATEMENTS
-    return await asyncpg.connect(**kwargs)
+    conn = await asyncpg.connect(**kwargs)
+    try:
+        await conn.execute(f"SET statement_timeout = {int(statement_timeout)}", timeout=timeout)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
 
 
 # Errors after which the session is still in a known state: the server answered, or a timeout cancelled the query.

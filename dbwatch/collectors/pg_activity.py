@@ -34,6 +34,8 @@ SETTINGS: Final = (
     "idle_in_transaction_session_timeout",
     "statement_timeout",
 )
+# Set in dbwatch's monitoring session (monconn.session_settings), so current_setting() would show dbwatch's value.
+SESSION_OVERRIDDEN: Final = frozenset({"statement_timeout"})
 TOP_N: Final = 3
 _UNITS: Final = {"us": 1e-6, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 # How current_setting() shows a time setting: "0", "500ms", "90s", "1min", "2h", "1d".
@@ -105,9 +107,16 @@ def sql_for(server_version_num: int) -> str:
     return _SQL % {
         "waitstart": _WAITSTART_14 if server_version_num >= 140000 else _WAITSTART_OLD,
         "top_n": TOP_N,
-        # current_setting() reads one value; the pg_settings view would build all ~350 rows per call.
-        "settings": ", ".join(f"json_build_array('{s}', current_setting('{s}', true))" for s in SETTINGS),
+        "settings": ", ".join(f"json_build_array('{s}', {_setting_sql(s)})" for s in SETTINGS),
     }
+
+
+def _setting_sql(name: str) -> str:
+    """current_setting() reads one value; the pg_settings view builds all ~350 rows, so it is read only for what
+    dbwatch's own session overrides: there the server's value is the one RESET would restore (file, role, db)."""
+    if name in SESSION_OVERRIDDEN:
+        return f"(SELECT reset_val FROM pg_settings WHERE name = '{name}')"  # noqa: S608 - names from SETTINGS
+    return f"current_setting('{name}', true)"
 
 
 def _seconds(text: str) -> float | None:

@@ -35,6 +35,8 @@ log = logging.getLogger("dbwatch.hook")
 
 _perf = time.perf_counter
 _wall = time.time
+_DERIVED: Final = ("checkins", "resets")  # counted through the held histogram; see EngineState.counters()
+_INTERNAL: Final = ("returns_dead", "checkout_failures")
 _ERROR_CAP: Final = 50  # distinct DBAPI error classes per engine before the rest count as `other`
 # null_pool_under_load: a window closes after this many checkouts; it holds when connects were >= 90% of them.
 # A window older than _UNDER_LOAD_MAX_AGE without that many checkouts is not load and starts over.
@@ -73,10 +75,12 @@ class EngineState:
         self._pool: weakref.ref[sa_pool.Pool] | None = None
         self.findings: set[str] = set()
         self._logged: set[str] = set()
-        # The wire's counters, except `resets` (derived in report()), plus the returns of dead connections.
-        self.c = dict.fromkeys((*(k for k in wire.COUNTERS if k != "resets"), "returns_dead"), 0)
+        # The wire's counters but `checkins` (the held histogram's count) and `resets` (checkins minus the returns
+        # of dead connections), plus those returns and the checkouts that raised; see counters().
+        self.c = dict.fromkeys((*(k for k in wire.COUNTERS if k not in _DERIVED), *_INTERNAL), 0)
         self.h = {k: _hist(b) for k, b in wire.HISTS.items()}
-        self.waiting = [0]
+        self.started = [0]  # checkouts begun; waiting now = begun - returned - raised
+        self._resets_floor = 0
         self.errors: dict[str, int] = {}
         self.wall_offset = [_wall() - _perf()]  # time.time() - perf_counter(), refreshed on every report
         self._window = (0, 0, time.monotonic())  # (checkouts, connects, when) at the window's start
@@ -87,7 +91,8 @@ class EngineState:
             self.c[k] = 0
         for h in self.h.values():
             h[:] = [0] * (len(h) - 1) + [0.0]
-        self.waiting[0] = 0
+        self.started[0] = 0
+        self._resets_floor = 0
         self.errors.clear()
         self._window = (0, 0, time.monotonic())
 
@@ -97,31 +102,37 @@ class EngineState:
     # ----- hot path: called on the app's threads, must be cheap and never raise -----------------------------
 
     def wrap_connect(self, pool: sa_pool.Pool) -> Callable[[], Any]:
-        """pool.connect() timed: waiting now, wait histogram, timeouts; the checkout count and its start time."""
-        cls_connect = type(pool).connect
+        """pool.connect() timed: checkouts, the wait histogram, timeouts; the held time's start.
+
+        Waiting now is derived in report(): checkouts begun minus those that returned or raised.
+        """
+        checkout = _checkout_of(pool)
         pref = weakref.ref(pool)
-        c, waiting = self.c, self.waiting
+        c, started = self.c, self.started
         hist, bounds = self.h["checkout_wait"], wire.HISTS["checkout_wait"]
+        first, nsum = bounds[0], len(bounds) + 1
         bisect_left, perf, timeout_error = bisect.bisect_left, _perf, sa_exc.TimeoutError
 
         def connect() -> Any:
+            started[0] += 1
             t0 = perf()
-            waiting[0] += 1
             try:
-                fairy = cls_connect(pref())  # type: ignore[arg-type]
+                fairy = checkout(pref())  # type: ignore[arg-type]
             except BaseException as exc:
-                waiting[0] -= 1
                 dt = perf() - t0
                 hist[bisect_left(bounds, dt)] += 1
-                hist[-1] += dt
+                hist[nsum] += dt
+                c["checkout_failures"] += 1
                 if isinstance(exc, timeout_error):
                     c["checkout_timeouts"] += 1
                 raise
             t1 = perf()
-            waiting[0] -= 1
             dt = t1 - t0
-            hist[bisect_left(bounds, dt)] += 1
-            hist[-1] += dt
+            if dt <= first:  # an uncontended checkout: no bisect
+                hist[0] += 1
+            else:
+                hist[bisect_left(bounds, dt)] += 1
+            hist[nsum] += dt
             c["checkouts"] += 1
             rec = fairy._connection_record
             if rec is not None:  # held time starts; read back (and cleared) at checkin
@@ -150,40 +161,44 @@ class EngineState:
         return invoke_creator
 
     def wrap_return(self, pool: sa_pool.Pool) -> Callable[[Any], None]:
-        """pool._return_conn(record), i.e. every checkin: count, resets, time held, connection age.
+        """pool._return_conn(record), i.e. every checkin: time held (whose count is the checkins), connection age.
 
         A wrapper rather than `checkin`/`reset` listeners: each event dispatch costs about as much as this whole
         function. Every live connection coming back has just been reset (SQLAlchemy fires its `reset` event right
-        before this call), so resets are checkins minus the returns of a dead (invalidated) connection.
+        before this call), so resets are checkins minus the returns of a dead (invalidated) connection. A record
+        checked out before instrument() carries no start time: its checkin is not counted, as its checkout was not.
         """
-        cls_return = type(pool)._return_conn
+        do_return = _return_of(pool)
         pref = weakref.ref(pool)
         c, perf, bisect_left, wall_offset = self.c, _perf, bisect.bisect_left, self.wall_offset
         held_h, held_b = self.h["held"], wire.HISTS["held"]
         age_h, age_b = self.h["age"], wire.HISTS["age"]
+        held_first, held_sum, age_sum = held_b[0], len(held_b) + 1, len(age_b) + 1
 
         def return_conn(record: Any) -> None:
             try:
-                c["checkins"] += 1
                 now = perf()
-                if record.dbapi_connection is None:
-                    c["returns_dead"] += 1
                 t0 = record._dbwatch_t0
                 if t0:
                     record._dbwatch_t0 = 0.0
+                    if record.dbapi_connection is None:  # before the checkin counts: resets never run ahead
+                        c["returns_dead"] += 1
                     dt = now - t0
-                    held_h[bisect_left(held_b, dt)] += 1
-                    held_h[-1] += dt
-                start = record.starttime  # time.time() of the connect; compared via the perf_counter offset
-                if start:
-                    age = now + wall_offset[0] - start
-                    if age < 0.0:  # noqa: PLR1730 - max() is a call; this is the hot path
-                        age = 0.0
-                    age_h[bisect_left(age_b, age)] += 1
-                    age_h[-1] += age
+                    if dt <= held_first:
+                        held_h[0] += 1
+                    else:
+                        held_h[bisect_left(held_b, dt)] += 1
+                    held_h[held_sum] += dt
+                    start = record.starttime  # time.time() of the connect; compared via the perf_counter offset
+                    if start:
+                        age = now + wall_offset[0] - start
+                        if age < 0.0:  # noqa: PLR1730 - max() is a call; this is the hot path
+                            age = 0.0
+                        age_h[bisect_left(age_b, age)] += 1
+                        age_h[age_sum] += age
             except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only (or no t0 yet)
                 pass
-            cls_return(pref(), record)  # type: ignore[arg-type]
+            do_return(pref(), record)  # type: ignore[arg-type]
 
         return return_conn
 
@@ -281,14 +296,28 @@ class EngineState:
 
     # ----- the sender thread's view ------------------------------------------------------------------------
 
+    def counters(self, held: list[float] | None = None) -> dict[str, int]:
+        """The wire's counters (and `checkout_failures`) from a copy taken after the held histogram's.
+
+        A dead connection's return is counted before its checkin, so a report taken in between reads resets one
+        low, never high; the floor keeps the counter from stepping back on the next report.
+        """
+        held = held if held is not None else list(self.h["held"])
+        c = dict(self.c)
+        c["checkins"] = int(sum(held[:-1]))
+        resets = max(self._resets_floor, c["checkins"] - c.pop("returns_dead"))
+        self._resets_floor = resets
+        c["resets"] = resets
+        return c
+
     def report(self) -> dict[str, Any]:
         pool = self._pool() if self._pool else None
         self.wall_offset[0] = _wall() - _perf()
-        c = dict(self.c)
-        c["resets"] = max(0, c["checkins"] - c.pop("returns_dead"))
-        hists = {k: [*h[:-1], round(h[-1], 6)] for k, h in self.h.items()}
+        started = self.started[0]
+        hists = {k: [*h[:-1], round(h[-1], 6)] for k, h in self.h.items()}  # before the counters: see counters()
+        c = self.counters(hists["held"])
+        waiting = started - c["checkouts"] - c.pop("checkout_failures")
         errors = dict(self.errors)
-        waiting = self.waiting[0]
         self._check_load(c)
         entry: dict[str, Any] = {
             "engine": self.name,
@@ -318,6 +347,23 @@ class EngineState:
             self._window = (c["checkouts"], total_connects, now)
         elif now - self._window[2] > _UNDER_LOAD_MAX_AGE:
             self._window = (c["checkouts"], total_connects, now)
+
+
+def _checkout_of(pool: sa_pool.Pool) -> Callable[[sa_pool.Pool], Any]:
+    """What pool.connect() calls: the fairy's checkout itself where the class does no more (one frame less)."""
+    cls_connect = type(pool).connect
+    fairy = getattr(sa_pool.base, "_ConnectionFairy", None)
+    if cls_connect is sa_pool.Pool.connect and fairy is not None and hasattr(fairy, "_checkout"):
+        return fairy._checkout  # type: ignore[no-any-return]
+    return cls_connect
+
+
+def _return_of(pool: sa_pool.Pool) -> Callable[[sa_pool.Pool, Any], None]:
+    """What pool._return_conn() calls: the class's _do_return_conn where the base's does only that."""
+    cls = type(pool)
+    if cls._return_conn is sa_pool.Pool._return_conn:
+        return cls._do_return_conn
+    return cls._return_conn
 
 
 def _call_int(pool: object, method: str) -> int:

@@ -45,8 +45,9 @@ async def test_concurrent_scrapes_never_query_nor_connect(pg_factory) -> None:
                 )
             )
             before_all, before_monitor = statements(pg.cluster.logfile), statements(pg.cluster.logfile, monitor)
-            # pg_activity and pg_database: exactly one statement each per collection.
-            assert before_monitor == runs("pg_activity") + runs("pg_database") == 2
+            # One SET statement_timeout when the session opened, then exactly one statement per collection each
+            # for pg_activity and pg_database.
+            assert before_monitor == 1 + runs("pg_activity") + runs("pg_database") == 3
             bodies = await asyncio.gather(*(d.metrics() for _ in range(200)))
             assert all("dbwatch_pg_sessions{" in b for b in bodies)
             assert statements(pg.cluster.logfile) == before_all

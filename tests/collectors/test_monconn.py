@@ -131,11 +131,19 @@ async def test_failed_authentication_reads_as_down(pg) -> None:
         assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) is None
 
 
-async def test_monitoring_session_has_a_short_lock_timeout(pg) -> None:
-    """dbwatch's session runs with lock_timeout = half the collection budget and application_name=dbwatch."""
+async def test_monitoring_session_has_short_lock_and_statement_timeouts(pg) -> None:
+    """dbwatch's session: lock_timeout = half the budget, statement_timeout = three quarters, application_name."""
     async with harness(pg.dsn, budget="2s") as h, h.monitors.get(h.target).use() as conn:
         assert await conn.fetchval("SHOW lock_timeout") == "1s"
+        assert await conn.fetchval("SHOW statement_timeout") == "1500ms"
         assert await conn.fetchval("SHOW application_name") == "dbwatch"
+
+
+async def test_server_cuts_a_slow_monitoring_statement_short(pg) -> None:
+    """A statement on the monitoring session that runs past statement_timeout is cancelled by the server itself."""
+    async with harness(pg.dsn, budget="400ms") as h, h.monitors.get(h.target).use() as conn:
+        with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):
+            await conn.execute("SELECT pg_sleep(5)", timeout=10)
 
 
 _ = sessions  # shared helper, used by sibling modules

@@ -152,9 +152,21 @@ async def test_saturation_ratio_and_settings(pg) -> None:
             assert h.gauge(m.PG_SETTING, "max_connections") == 100
             assert h.gauge(m.PG_SETTING, "superuser_reserved_connections") == 3
             assert h.gauge(m.PG_SETTING, "idle_in_transaction_session_timeout") == 90.0
-            assert h.gauge(m.PG_SETTING, "statement_timeout") == 0
+            assert h.gauge(m.PG_SETTING, "statement_timeout") == 0  # the server's, not the monitoring session's
             assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) == clients / 97
+            # A reload reaches the open monitoring session: the server's new value, dbwatch's own still in force.
+            await admin.execute("ALTER SYSTEM SET statement_timeout = '45s'")
+            await admin.execute("SELECT pg_reload_conf()")
+            for _ in range(50):  # a backend applies a reload at its next statement
+                await h.collect("pg_activity")
+                if h.gauge(m.PG_SETTING, "statement_timeout") == 45.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert h.gauge(m.PG_SETTING, "statement_timeout") == 45.0
+            async with h.monitors.get(h.target).use() as conn:
+                assert await conn.fetchval("SHOW statement_timeout") != "45s"
     finally:
+        await admin.execute("ALTER SYSTEM RESET statement_timeout")
         await admin.execute("ALTER SYSTEM RESET idle_in_transaction_session_timeout")
         await admin.execute("SELECT pg_reload_conf()")
         await admin.close()

@@ -12,7 +12,7 @@ import sqlalchemy
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 from dbwatch import metrics as m
 from dbwatch.hook import instrument
@@ -170,8 +170,38 @@ async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url)
     await eventually(lambda: sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "hard") == 1)
     assert sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "soft") == 1
     assert sink.counter(m.APP_DBAPI_ERRORS, *labels, "UndefinedTableError") == 1
-    assert sink.counter(m.APP_POOL_RESETS, *labels) >= 2
+    assert sink.counter(m.APP_POOL_CHECKINS, *labels) == 3
+    assert sink.counter(m.APP_POOL_RESETS, *labels) == 2  # the hard-invalidated connection came back dead
     await engine.dispose()
+
+
+def test_a_connection_out_before_instrument_comes_back_uncounted(tmp_path) -> None:
+    """Its checkout was not seen, so neither is its checkin: checked_out stays 0 (never -1), checkins match."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/early.db", poolclass=QueuePool)
+    early = engine.connect()
+    assert instrument(engine, "early", sidecar="unix:/nonexistent/dbwatch.sock")
+    early.close()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    entry = state_of(engine).report()["engines"][0]  # type: ignore[union-attr]
+    assert (entry["counters"]["checkouts"], entry["counters"]["checkins"], entry["counters"]["resets"]) == (1, 1, 1)
+    assert entry["gauges"]["checked_out"] == 0
+    engine.dispose()
+
+
+def test_resets_never_step_back(tmp_path) -> None:
+    """A report between a dead return's two counts (dead first, checkin second) reads resets low; the floor holds."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/floor.db", poolclass=QueuePool)
+    assert instrument(engine, "floor", sidecar="unix:/nonexistent/dbwatch.sock")
+    for _ in range(3):
+        with engine.connect():
+            pass
+    state = state_of(engine)
+    assert state is not None
+    assert state.counters()["resets"] == 3
+    state.c["returns_dead"] += 1  # what a report sees mid-checkin of an invalidated connection
+    assert state.counters()["resets"] == 3
+    engine.dispose()
 
 
 async def test_idempotent_any_number_of_engines_and_dispose(sink: Sink, sa_url) -> None:
@@ -221,7 +251,7 @@ def test_hook_never_raises_into_the_app(caplog) -> None:
     assert instrument(engine, "sqlite", sidecar="nonsense") is True  # falls back to the default address
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    assert state_of(engine).c["checkouts"] == 1  # type: ignore[union-attr]
+    assert state_of(engine).counters()["checkouts"] == 1  # type: ignore[union-attr]
     engine.dispose()
 
 

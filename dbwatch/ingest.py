@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import structlog
 
@@ -113,15 +113,22 @@ class Ingest:
             store.inc(m.HOOK_DATAGRAMS, (r,), 0)
 
     def receive(self, data: bytes) -> str:
-        """Take one datagram; returns its result (accepted or the reason it was rejected), also counted."""
+        """Take one datagram; returns its result (accepted or the reason it was rejected), also counted; never raises.
+
+        Validation is complete before anything is applied, so a datagram is taken whole or not at all. A datagram
+        that gets past it and still fails (a shape validation missed) is rejected as `bad_schema` all the same,
+        logged with the error's class only: the datagram's content is never logged.
+        """
         try:
             self._take(data)
             result = "accepted"
         except Rejected as exc:
-            result = exc.result
-            if result not in self._logged:
-                self._logged.add(result)
-                log.warning("hook_datagram_rejected", result=result, why=str(exc), size=len(data), first=True)
+            result, why = exc.result, str(exc)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            result, why = "bad_schema", f"unexpected {type(exc).__name__}"
+        if result != "accepted" and result not in self._logged:
+            self._logged.add(result)
+            log.warning("hook_datagram_rejected", result=result, why=why, size=len(data), first=True)
         self._store.inc(m.HOOK_DATAGRAMS, (result,))
         return result
 
@@ -138,18 +145,17 @@ class Ingest:
             raise Rejected("bad_schema", "not an object")
         if self._token is not None:
             token = doc.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self._token):
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(errors="replace"), self._token):
                 raise Rejected("bad_token")
-        if doc.get("v") != wire.VERSION:
+        if _count(doc.get("v")) != wire.VERSION:
             raise Rejected("bad_schema", "version")
+        if "interval" in doc:
+            _seconds(doc["interval"])
         app = _name(doc.get("app"), wire.NAME_RE)
         worker_id = _name(doc.get("worker"), wire.WORKER_RE)
         seq = _count(doc.get("seq"))
         layouts = doc.get("layouts")
-        if not isinstance(layouts, dict) or any(
-            not isinstance(layouts.get(k), list) or [float(x) for x in layouts[k]] != list(b)
-            for k, b in wire.LAYOUTS.items()
-        ):
+        if not isinstance(layouts, dict) or any(not _same_bounds(layouts.get(k), b) for k, b in wire.LAYOUTS.items()):
             raise Rejected("bucket_mismatch")
         dropped = _dict(doc.get("dropped", {}), wire.DROP_REASONS, _count)
         engines = None
@@ -327,8 +333,12 @@ def _count(value: object) -> int:
     return value
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _is_number(value) or not math.isfinite(value):
         raise Rejected("bad_schema", "number")
     return float(value)
 
@@ -354,6 +364,18 @@ def _rows(value: object) -> list[Any]:
     return value
 
 
+def _same_bounds(value: object, bounds: tuple[float, ...]) -> bool:
+    """A layout as sent equals ours: a list of the same numbers (booleans and strings are not numbers)."""
+    return (
+        isinstance(value, list)
+        and len(value) == len(bounds)
+        and all(
+            not isinstance(x, bool) and isinstance(x, int | float) and x == b
+            for x, b in zip(value, bounds, strict=True)
+        )
+    )
+
+
 def _hist(value: object, buckets: tuple[float, ...]) -> list[float]:
     if not isinstance(value, list) or len(value) != len(buckets) + 2:
         raise Rejected("bad_schema", "histogram")
@@ -371,7 +393,7 @@ def _engine(e: object, max_names: int) -> dict[str, Any]:
         raise Rejected("bad_schema", "errors")
     hists = e.get("hists")
     findings = e.get("findings", [])
-    if not isinstance(findings, list) or not set(findings) <= set(wire.FINDINGS):
+    if not isinstance(findings, list) or not all(isinstance(f, str) and f in wire.FINDINGS for f in findings):
         raise Rejected("bad_schema", "findings")
     return {
         "engine": _name(e.get("engine"), wire.NAME_RE),
@@ -399,7 +421,12 @@ def _request(row: object) -> tuple[str, str, str, list[int], float]:
     if not isinstance(row, list) or len(row) != 5:
         raise Rejected("bad_schema", "request")
     route, method, sc, counts, total = row
-    if method not in wire.METHODS or sc not in wire.STATUS_CLASSES:
+    if (
+        not isinstance(method, str)
+        or method not in wire.METHODS
+        or not isinstance(sc, str)
+        or sc not in wire.STATUS_CLASSES
+    ):
         raise Rejected("bad_schema", "request labels")
     n = len(wire.LAYOUTS["request"]) + 1
     if not isinstance(counts, list) or len(counts) != n:
@@ -411,7 +438,7 @@ def _exception(row: object) -> tuple[str, str, str, int]:
     if not isinstance(row, list) or len(row) != 4:
         raise Rejected("bad_schema", "exception")
     route, name, cat, n = row
-    if cat not in _CATEGORIES:
+    if not isinstance(cat, str) or cat not in _CATEGORIES:
         raise Rejected("bad_schema", "category")
     return _route(route), _name(name, _CLASS_RE), cat, _count(n)
 
@@ -427,6 +454,29 @@ class _Protocol(asyncio.DatagramProtocol):
         log.warning("hook_receive_error", error=type(exc).__name__)
 
 
+def _bind_unix(path: str) -> socket.socket:
+    """A Unix datagram socket at `path`, created with mode 0666 (the app's container runs as another user).
+
+    The mode comes from the umask in force during bind(), so the file never exists with another mode and no
+    chmod() ever runs on a path (which would follow a symlink swapped in, in a shared volume). bind() itself does
+    not follow a symlink: anything but a stale socket at `path` makes it fail. The umask is process-wide, so it is
+    changed only for the bind() call, which creates nothing else.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from a previous run; anything else makes bind() fail
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    old = os.umask(0o111)  # rw for everyone; the token, when set, guards what is written
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def running_ingest(config: HookConfig, store: Store) -> AsyncIterator[tuple[Ingest, wire.Address]]:
     """Listen where hook.listen says (UDP or a Unix datagram socket) and expire workers, until the block exits."""
@@ -434,12 +484,7 @@ async def running_ingest(config: HookConfig, store: Store) -> AsyncIterator[tupl
     loop = asyncio.get_running_loop()
     addr = config.listen
     if addr.is_unix:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(addr.path).st_mode):
-                os.unlink(addr.path)  # a stale socket from a previous run; anything else makes bind() fail
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(addr.path)
-        os.chmod(addr.path, 0o666)  # noqa: S103 - the app's container runs as another user; the token guards writes
+        sock = _bind_unix(addr.path)
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(ingest), sock=sock)
         bound = addr
     else:

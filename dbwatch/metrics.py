@@ -414,6 +414,36 @@ PG_DATABASE_BLKS_READ = MetricSpec(
     "Blocks read from disk or OS cache (pg_stat_database).",
     ("target", "datname"),
 )
+PG_DATABASE_SESSIONS = MetricSpec(
+    "dbwatch_pg_database_sessions",
+    MetricType.COUNTER,
+    "Sessions established (pg_stat_database, PostgreSQL 14+).",
+    ("target", "datname"),
+)
+PG_DATABASE_SESSIONS_ABANDONED = MetricSpec(
+    "dbwatch_pg_database_sessions_abandoned",
+    MetricType.COUNTER,
+    "Sessions ended because the client went away without closing (pg_stat_database, PostgreSQL 14+).",
+    ("target", "datname"),
+)
+PG_DATABASE_SESSIONS_FATAL = MetricSpec(
+    "dbwatch_pg_database_sessions_fatal",
+    MetricType.COUNTER,
+    "Sessions ended by a FATAL error, e.g. idle_in_transaction_session_timeout (pg_stat_database, PostgreSQL 14+).",
+    ("target", "datname"),
+)
+PG_DATABASE_SESSIONS_KILLED = MetricSpec(
+    "dbwatch_pg_database_sessions_killed",
+    MetricType.COUNTER,
+    "Sessions terminated by an operator, e.g. pg_terminate_backend (pg_stat_database, PostgreSQL 14+).",
+    ("target", "datname"),
+)
+PG_DATABASE_IDLE_IN_TRANSACTION = MetricSpec(
+    "dbwatch_pg_database_idle_in_transaction_seconds",
+    MetricType.COUNTER,
+    "Time sessions spent idle inside a transaction (pg_stat_database idle_in_transaction_time, PostgreSQL 14+).",
+    ("target", "datname"),
+)
 PGBOUNCER_CLIENTS = MetricSpec(
     "dbwatch_pgbouncer_pool_client_connections",
     MetricType.GAUGE,

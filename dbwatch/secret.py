@@ -20,7 +20,8 @@ _SCHEMES: Final = (
     "postgresql",
     "postgres",
     "postgresql+asyncpg",
-    "postgresql+psycopg",
+    "postgresql+psycopg",  # SQLAlchemy 2.1's default driver, sync or async engine
+    "postgresql+psycopg_async",
     "postgresql+psycopg2",
 )
 
@@ -70,7 +71,7 @@ class DSN:
 
     @classmethod
     def parse(cls, text: str) -> DSN:
-        """Parse a URL (`postgresql://`, `postgresql+asyncpg://`, …) or a libpq keyword/value string."""
+        """Parse a URL (`postgresql://`, `postgresql+asyncpg://`, `postgresql+psycopg://`, …) or libpq key=value."""
         text = text.strip()
         if not text:
             raise DSNError("DSN is empty")
@@ -82,9 +83,12 @@ class DSN:
     def _parse_url(cls, text: str) -> DSN:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in _SCHEMES:
-            raise DSNError(f"unsupported DSN scheme {scheme!r} (expected postgresql:// or postgresql+asyncpg://)")
+            raise DSNError(
+                f"unsupported DSN scheme {scheme!r} (expected postgresql://, postgresql+asyncpg:// or postgresql+psycopg://)"
+            )
         try:
-            parts = urllib.parse.urlsplit(text)
+            # urlsplit takes no `_` in a scheme (psycopg_async): the netloc is parsed under a plain one
+            parts = urllib.parse.urlsplit("postgresql://" + text.split("://", 1)[1])
         except ValueError:  # urlsplit's own message may quote the netloc, password included
             raise DSNError("malformed URL DSN (unbalanced [ ] around the host?)") from None
         netloc = parts.netloc

@@ -139,6 +139,8 @@ DSN_FORMS = [
     f"postgresql://app:{SENTINEL_FORMS[1]}@db.example:5433/appdb?sslmode=require",
     f"postgres://app:{SENTINEL_FORMS[1]}@db.example:5433/appdb?sslmode=require",
     f"postgresql+asyncpg://app:{SENTINEL_FORMS[1]}@db.example:5433/appdb?ssl=require",
+    f"postgresql+psycopg://app:{SENTINEL_FORMS[1]}@db.example:5433/appdb?sslmode=require",
+    f"postgresql+psycopg_async://app:{SENTINEL_FORMS[1]}@db.example:5433/appdb?sslmode=require",
     f"host=db.example port=5433 user=app password='{SENTINEL}' dbname=appdb sslmode=require",
 ]
 

@@ -37,9 +37,18 @@ async def test_probe_up_reports_three_phases(pg) -> None:
     assert all(0 < v < 5 for v in phases.values())
 
 
-async def test_probe_accepts_sqlalchemy_dsn_and_sets_application_name(pg) -> None:
-    """`postgresql+asyncpg://` is accepted as is, and the session says application_name=dbwatch."""
-    dsn = pg.dsn.replace("postgresql://", "postgresql+asyncpg://") + "?prepared_statement_cache_size=0"
+@pytest.mark.parametrize(
+    ("scheme", "query"),
+    [
+        ("postgresql+asyncpg", "prepared_statement_cache_size=0"),
+        ("postgresql+psycopg", "connect_timeout=5"),
+        ("postgresql+psycopg_async", "application_name=shop"),
+    ],
+)
+async def test_probe_accepts_sqlalchemy_dsn_and_sets_application_name(pg, scheme: str, query: str) -> None:
+    """An app's SQLAlchemy URL (asyncpg or psycopg) is accepted as is, and the session says
+    application_name=dbwatch."""
+    dsn = pg.dsn.replace("postgresql://", scheme + "://") + "?" + query
     conn = await asyncpg.connect(**pg.cluster.superuser_kwargs())
     try:
         await conn.execute("ALTER SYSTEM SET log_connections = on")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 import asyncpg
 
 from dbwatch import metrics as m
+from dbwatch.collectors import pg_database
 from tests.collectors.conftest import harness
 from tests.helpers import eventually
 
@@ -76,3 +78,79 @@ async def test_counters_follow_the_servers_own(pg_factory) -> None:
             assert c(m.PG_DATABASE_XACT_COMMIT) >= before
     finally:
         await setup.close()
+
+
+async def test_session_counters_follow_real_session_ends(pg) -> None:
+    """PostgreSQL 14+ session counters against real session ends: pg_terminate_backend counts as killed,
+    idle_in_transaction_session_timeout as fatal, a client process killed with SIGKILL as abandoned; a transaction
+    left idle for 0.4 s adds to idle_in_transaction_seconds."""
+    async with harness(pg.dsn) as h:
+        await h.collect("pg_database")
+        c = lambda spec: h.store.counter_value(spec, ("db", "appdb"))  # noqa: E731
+        before = {spec: c(spec) for spec in pg_database.SESSION_COLUMNS.values()}
+        killer = await asyncpg.connect(pg.dsn)
+        victim = await asyncpg.connect(pg.dsn)
+        idler = await asyncpg.connect(pg.dsn, server_settings={"idle_in_transaction_session_timeout": "300"})
+        try:
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", victim.get_server_pid())
+            await idler.execute("BEGIN")  # the server ends this session after 300 ms (FATAL)
+            await killer.execute("BEGIN; SELECT 1")
+            await asyncio.sleep(0.4)  # idle in a transaction, on purpose
+            await killer.execute("COMMIT")
+            await _abandon(pg)
+
+            async def counted() -> bool:
+                await h.collect("pg_database")
+                return (
+                    all(
+                        c(spec) >= before[spec] + 1
+                        for spec in (m.PG_DATABASE_SESSIONS_KILLED, m.PG_DATABASE_SESSIONS_FATAL)
+                    )
+                    and c(m.PG_DATABASE_SESSIONS_ABANDONED) >= before[m.PG_DATABASE_SESSIONS_ABANDONED] + 1
+                )
+
+            await eventually(counted, timeout=10, interval=0.3)
+            await killer.close()  # its idle time is flushed when it ends at the latest
+
+            async def idled() -> bool:
+                await h.collect("pg_database")
+                return c(m.PG_DATABASE_IDLE_IN_TRANSACTION) >= before[m.PG_DATABASE_IDLE_IN_TRANSACTION] + 0.4
+
+            await eventually(idled, timeout=10, interval=0.3)
+            assert c(m.PG_DATABASE_SESSIONS) >= before[m.PG_DATABASE_SESSIONS] + 4
+        finally:
+            for conn in (killer, victim, idler):
+                conn.terminate()
+
+
+async def _abandon(pg) -> None:
+    """A psql client that is connected and idle, then killed: its backend reads EOF without a Terminate."""
+    proc = await asyncio.create_subprocess_exec(
+        str(pg.cluster.bindir / "psql"),
+        "-X",
+        "-At",
+        "-h",
+        pg.cluster.host,
+        "-p",
+        str(pg.cluster.port),
+        "-U",
+        pg.user,
+        "-d",
+        pg.database,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={"PGPASSWORD": pg.password, "PATH": os.environ.get("PATH", "")},
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(b"SELECT 'connected';\n")
+    await proc.stdin.drain()
+    assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"connected\n"
+    proc.kill()
+    await proc.wait()
+
+
+def test_session_columns_are_read_only_from_postgresql_14() -> None:
+    """Older servers get the statement without the session columns (they do not exist there)."""
+    assert "sessions_killed" not in pg_database.sql_for(130000)
+    assert "sessions_killed" in pg_database.sql_for(140000)

@@ -14,10 +14,11 @@ WORKDIR /src
 # Only what the package needs: a change to tests/, bench/ or deploy/ never invalidates this layer.
 COPY pyproject.toml README.md ./
 COPY dbwatch ./dbwatch
-# Every dependency ships manylinux wheels (asyncpg, aiohttp, bcrypt, PyYAML), so no compiler is needed.
+# The `daemon` extra: the sidecar's dependencies (an app image installs `dbwatch[hook]` instead). Every one ships
+# manylinux wheels (asyncpg, aiohttp, bcrypt, PyYAML), so no compiler is needed.
 # pip byte-compiles while installing, so the read-only runtime never needs to write a .pyc.
 RUN python -m venv /opt/dbwatch \
-    && /opt/dbwatch/bin/pip install --no-cache-dir . \
+    && /opt/dbwatch/bin/pip install --no-cache-dir ".[daemon]" \
     && /opt/dbwatch/bin/dbwatch --version
 
 FROM ${PYTHON_IMAGE}

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+# Top-level modules of the `daemon` extra: an app image with only `dbwatch[hook]` lacks them.
+DAEMON_MODULES = frozenset({"aiohttp", "asyncpg", "bcrypt", "prometheus_client", "psycopg", "structlog", "yaml"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_scan(args.files, args.format, args.app_root, args.app_package, args.json)
         except KeyboardInterrupt:
             return EXIT_OK
+    try:
+        return _command(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in DAEMON_MODULES:
+            raise
+        sys.stderr.write(
+            f"dbwatch {args.command}: the daemon's dependencies are not installed ({exc.name} is missing); "
+            "install them with: pip install 'dbwatch[daemon]'\n"
+        )
+        return EXIT_FAIL
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Every command but `scan`: they load a config and need the `daemon` extra."""
     import asyncio
 
     import yaml

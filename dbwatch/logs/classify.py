@@ -125,7 +125,9 @@ _STDLIB_RE: Final = re.compile(r"[/\\]lib(?:64)?[/\\]python\d(?:\.\d+)?[/\\]")
 class AppRules:
     """Which frames are application code: under an app root, or in a top-level app package (even in site-packages).
 
-    With neither configured, any absolute `.py` path outside site-packages and the standard library counts.
+    With neither configured, any absolute `.py` path outside site-packages and the standard library counts. A frame's
+    location label is the path from the package (or relative to the root) that matched, so it is the same whatever
+    folder the code is deployed in (`/srv/myapp/myapp/routes.py` and `/tmp/x/routes.py` under root `/tmp/x` alike).
     """
 
     roots: tuple[str, ...] = ()
@@ -134,37 +136,61 @@ class AppRules:
     def is_app(self, path: str) -> bool:
         if path.startswith("<") or not path.endswith(".py"):
             return False  # <frozen ...>, <string>, compiled frames (.pyx) are never the app's
+        path = path.replace("\\", "/")
         site = _SITE_RE.search(path)
-        if self.packages:
-            top = site.group(1) if site else None
-            if top is not None:
-                top = top.removesuffix(".py")
-                if top in self.packages:
-                    return True
-            elif any(f"/{p}/" in path or path.startswith(f"{p}/") for p in self.packages):
-                return True
-        if site:
+        if site:  # an installed distribution: the app's only when it is one of the app packages
+            return site.group(1).removesuffix(".py") in self.packages
+        if _STDLIB_RE.search(path):
             return False
+        if self.packages and self._in_package(path) >= 0:
+            return True
         if self.roots:
-            return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.roots)
+            return self._under_root(path) >= 0
         if self.packages:
             return False
-        return os.path.isabs(path) and not _STDLIB_RE.search(path)
+        return os.path.isabs(path)
+
+    def _in_package(self, path: str) -> int:
+        """Where the package part of the path starts, or -1.
+
+        The last `/<pkg>/` is the package: whatever comes before it is the deployment folder, which may itself be
+        named after the package (`git clone` makes `myapp/myapp/...`).
+        """
+        best = -1
+        for p in self.packages:
+            k = path.rfind(f"/{p}/")
+            if k >= 0:
+                best = max(best, k + 1)
+            elif path.startswith(f"{p}/"):
+                best = max(best, 0)
+        return best
+
+    def _under_root(self, path: str) -> int:
+        """The length of the longest app root the path is under, or -1."""
+        best = -1
+        for r in self.roots:
+            base = r.replace("\\", "/").rstrip("/") + "/"
+            if path.startswith(base):
+                best = max(best, len(base))
+        return best
 
     def short(self, path: str) -> str:
-        """The path as a label: relative to its app root, or from its package in site-packages."""
+        """The path as a label: from its package (installed or not), else relative to its app root."""
+        path = path.replace("\\", "/")
         site = _SITE_RE.search(path)
         if site:
             return path[site.start(1) :]
-        for p in self.packages:
-            k = path.find(f"/{p}/")
-            if k >= 0:
-                return path[k + 1 :]
-        for r in self.roots:
-            base = r.rstrip("/") + "/"
-            if path.startswith(base):
-                return path[len(base) :]
+        k = self._in_package(path)
+        if k >= 0:
+            return path[k:]
+        k = self._under_root(path)
+        if k >= 0:
+            return path[k:]
         return path
+
+    def label(self, frame: Frame | None) -> str:
+        """The `location` label of a frame, `path:line` as `short` gives the path; empty for no frame."""
+        return "" if frame is None else f"{self.short(frame.path)}:{frame.line}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ class ExceptionCounter:
     def __call__(self, event: Event) -> None:
         c = self._classify(event.chain)
         for v in c.counted:
-            where = f"{self._rules.short(v.location.path)}:{v.location.line}" if v.location else ""
+            where = self._rules.label(v.location)
             labels = (self._source, v.category.value, self._exc(v.exception[:200]), self._loc(where[:300]))
             self._store.inc(m.LOG_EXCEPTIONS, labels)
         stamp = parse_timestamp(event.timestamp) or time.time()

@@ -31,11 +31,13 @@ class FileReport:
     name: str
     format: str
     stats: Stats
+    rules: AppRules = field(default_factory=AppRules)
     events: list[tuple[Event, Classified]] = field(default_factory=list)
 
 
-def _loc(f: Frame | None) -> dict[str, Any] | None:
-    return None if f is None else {"path": f.path, "line": f.line, "function": f.function}
+def _loc(f: Frame | None, rules: AppRules) -> dict[str, Any] | None:
+    """A frame in the JSON report: where it is, and `label`, the `location` label /metrics gives it."""
+    return None if f is None else {"path": f.path, "line": f.line, "function": f.function, "label": rules.label(f)}
 
 
 def _progress(out: IO[str] | None, name: str, done: int, total: int, started: float) -> None:
@@ -60,7 +62,7 @@ def scan_file(
     """Read one file to its end and classify every event; `progress` gets a bar for large files."""
     rules = rules or AppRules()
     stats = Stats()
-    report = FileReport(str(path), fmt, stats)
+    report = FileReport(str(path), fmt, stats, rules)
 
     classify = Classifier(rules)
 
@@ -115,7 +117,7 @@ def summary(reports: Sequence[FileReport]) -> dict[str, dict[str, int]]:
     }
 
 
-def _event(e: Event, c: Classified) -> dict[str, Any]:
+def _event(e: Event, c: Classified, rules: AppRules) -> dict[str, Any]:
     return {
         "first_line": e.first_line,
         "last_line": e.last_line,
@@ -125,9 +127,9 @@ def _event(e: Event, c: Classified) -> dict[str, Any]:
         "root_class": c.root_class,
         "chain": list(c.chain),
         "category": c.category.value,
-        "location": _loc(c.location),
+        "location": _loc(c.location, rules),
         "leaves": [
-            {"class": v.exception, "category": v.category.value, "location": _loc(v.location)} for v in c.leaves
+            {"class": v.exception, "category": v.category.value, "location": _loc(v.location, rules)} for v in c.leaves
         ],
     }
 
@@ -135,7 +137,7 @@ def _event(e: Event, c: Classified) -> dict[str, Any]:
 def to_json(reports: Sequence[FileReport]) -> dict[str, Any]:
     """The `--json` report as one object."""
     files = {
-        r.name: {"format": r.format, "lines": r.stats.lines, "events": [_event(e, c) for e, c in r.events]}
+        r.name: {"format": r.format, "lines": r.stats.lines, "events": [_event(e, c, r.rules) for e, c in r.events]}
         for r in reports
     }
     return {"files": files, "summary": summary(reports)}
@@ -148,7 +150,7 @@ def write_json(reports: Sequence[FileReport], out: IO[str]) -> None:
         out.write(("," if i else "") + f"\n {json.dumps(r.name)}: ")
         out.write(f'{{"format": {json.dumps(r.format)}, "lines": {r.stats.lines}, "events": [')
         for k, (e, c) in enumerate(r.events):
-            out.write(("," if k else "") + "\n  " + json.dumps(_event(e, c)))
+            out.write(("," if k else "") + "\n  " + json.dumps(_event(e, c, r.rules)))
         out.write("]}")
     out.write('},\n "summary": ' + json.dumps(summary(reports)) + "}\n")
 
@@ -170,9 +172,7 @@ def to_text(reports: Sequence[FileReport]) -> str:
     for r in reports:
         for _e, c in r.events:
             for v in c.counted:
-                loc = (
-                    f"{v.location.path}:{v.location.line} in {v.location.function}" if v.location else "(no app frame)"
-                )
+                loc = f"{r.rules.label(v.location)} in {v.location.function}" if v.location else "(no app frame)"
                 where.setdefault(v.category.value, Counter())[loc] += 1
                 example.setdefault(v.category.value, f"{v.exception}: {c.message.splitlines()[0] if c.message else ''}")
     for cat, n in summ["by_category"].items():

@@ -40,7 +40,7 @@ def test_scan_json_shape(log_corpus: dict[str, Path]) -> None:
         assert len(f["events"]) == len(corpus.ORDER)
         for ev in f["events"]:
             assert set(ev) == EVENT_KEYS
-            assert set(ev["location"]) == {"path", "line", "function"}
+            assert set(ev["location"]) == {"path", "line", "function", "label"}
             for leaf in ev["leaves"]:
                 assert set(leaf) == {"class", "category", "location"}
         group = f["events"][2]

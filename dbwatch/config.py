@@ -129,8 +129,9 @@ class Target:
     kind: str = "postgres"
     interval: float = 15.0
     timeout: float = 5.0
-    critical: bool = True
+    critical: bool = True  # DbwatchTargetDown pages when its probe fails (readiness is separate)
     stale_after: float = 35.0
+    gate_readiness: bool = False  # opt-in: /readyz (so the pod's readiness) fails while this target is down
     login: LoginCheck | None = None  # set for kind http_login (whose dsn is empty)
     collect: CollectConfig = field(default_factory=CollectConfig)  # none for http_login
 
@@ -272,6 +273,7 @@ class Config:
                     "timeout": t.timeout,
                     "critical": t.critical,
                     "stale_after": t.stale_after,
+                    "gate_readiness": t.gate_readiness,
                     **({} if t.login is not None else {"collect": _redacted_collect(t.collect)}),
                 }
                 for t in self.targets
@@ -509,6 +511,7 @@ _TARGET_KEYS: Final = (
     "timeout",
     "critical",
     "stale_after",
+    "gate_readiness",
     "sslmode",
     "sslrootcert",
     "sslcert",
@@ -529,7 +532,7 @@ _LOGIN_KEYS: Final = (
     "tls",
     "follow_redirects",
 )
-_COMMON_KEYS: Final = ("name", "kind", "interval", "timeout", "critical", "stale_after")
+_COMMON_KEYS: Final = ("name", "kind", "interval", "timeout", "critical", "stale_after", "gate_readiness")
 
 
 def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
@@ -544,7 +547,7 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         return _login_target(node.only(*_COMMON_KEYS, *_LOGIN_KEYS), name, defaults)
     node.only(*_TARGET_KEYS)
     dsn = _dsn(node)
-    interval, timeout, critical, stale_after = _common(node, defaults)
+    interval, timeout, critical, stale_after, gate = _common(node, defaults)
     tls = {
         "sslmode": node.take("sslmode", _choice(SSLMODES), ""),
         "sslrootcert": node.take("sslrootcert", _str, ""),
@@ -564,6 +567,7 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         timeout=timeout,
         critical=critical,
         stale_after=stale_after,
+        gate_readiness=gate,
         collect=collect,
     )
 
@@ -602,14 +606,15 @@ def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) ->
     return CollectConfig(collectors=names, interval=c_interval, budget=budget, max_label_values=cap)
 
 
-def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float]:
+def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float, bool]:
     interval = node.take("interval", _duration, defaults[0])
     timeout = node.take("timeout", _duration, defaults[1])
     if timeout > interval:
         raise ConfigError(f"{node.path}.timeout: must not exceed interval ({interval:g}s)")
     critical = node.take("critical", _bool, True)
     stale_after = node.take("stale_after", _duration, 2 * interval + timeout)
-    return interval, timeout, critical, stale_after
+    gate = node.take("gate_readiness", _bool, False)
+    return interval, timeout, critical, stale_after, gate
 
 
 _URL_BAD_CHARS: Final = re.compile(r'[\s\x00-\x1f\x7f<>"{}|\\^`]')
@@ -731,7 +736,7 @@ def _login_target(node: _Node, name: str, defaults: tuple[float, float]) -> Targ
         if ca_file and not os.access(ca_file, os.R_OK):
             raise ConfigError(f"{path}.tls.ca_file: cannot read {ca_file}")
     follow = node.take("follow_redirects", _bool, False)
-    interval, timeout, critical, stale_after = _common(node, defaults)
+    interval, timeout, critical, stale_after, gate = _common(node, defaults)
     node.done()
     return Target(
         name=name,
@@ -741,6 +746,7 @@ def _login_target(node: _Node, name: str, defaults: tuple[float, float]) -> Targ
         timeout=timeout,
         critical=critical,
         stale_after=stale_after,
+        gate_readiness=gate,
         login=LoginCheck(
             url=url,
             method=method,

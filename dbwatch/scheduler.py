@@ -83,6 +83,10 @@ class Scheduler:
         """Names of job tasks that are no longer running; empty when healthy."""
         return [t.get_name() for t in self._tasks if t.done()]
 
+    def first_cycle_done(self) -> bool:
+        """Whether every job has finished one run, successful or not (part of dbwatch's own readiness)."""
+        return all(e.is_set() for e in self._first_run.values()) and len(self._first_run) == len(self._jobs)
+
     async def wait_first_runs(self) -> None:
         """Wait until every job has finished one run (used by the demo and tests)."""
         await asyncio.gather(*(e.wait() for e in self._first_run.values()))

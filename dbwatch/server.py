@@ -6,6 +6,7 @@ import json
 import platform
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -75,6 +76,16 @@ class Scrape:
 SCRAPE = web.AppKey("scrape", Scrape)
 
 
+@dataclass(slots=True)
+class Readiness:
+    """dbwatch's own readiness: set once the app's start-up (every listener and task) has finished."""
+
+    started: bool = False
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
 def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -> list[Job]:
     """Every scheduled job the config asks for; collectors share one monitoring connection per target."""
     jobs: list[Job] = [ProbeJob(t, store) for t in config.targets]
@@ -94,6 +105,7 @@ def build_app(
     app[STORE] = store
     app[SCHEDULER] = scheduler
     app[SCRAPE] = Scrape(store)
+    app[READINESS] = readiness = Readiness()
 
     async def run_scheduler(app: web.Application) -> AsyncIterator[None]:
         scheduler.start()
@@ -123,6 +135,14 @@ def build_app(
             await watcher.stop()
 
         app.cleanup_ctx.append(run_logs)
+
+    async def mark_started(app: web.Application) -> AsyncIterator[None]:
+        # Last in the cleanup context: every earlier start-up step (hook listener, tailers, scheduler) has run.
+        readiness.started = True
+        yield
+        readiness.started = False
+
+    app.cleanup_ctx.append(mark_started)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -151,22 +171,33 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """dbwatch's own readiness (started, first cycle done); a target counts only where it opted in to gating.
+
+    The default keeps a database or login outage out of the pod's readiness: a sidecar's readiness gates its whole
+    pod, so gating on a shared dependency would take every pod out of its Service at once (alerts page instead).
+    """
     now = time.monotonic()
+    own = {
+        "config_loaded": True,  # the app is built from a validated config only
+        "listeners_up": request.app[READINESS].started,
+        "first_cycle_done": request.app[SCHEDULER].first_cycle_done(),
+    }
+    ready = all(own.values())
     targets: dict[str, Any] = {}
-    ready = True
     for name, st in request.app[STORE].status.items():
         age = None if st.last_success is None else round(now - st.last_success, 3)
         fresh = age is not None and age <= st.stale_after
-        if st.critical and not fresh:
+        if st.gates_readiness and not fresh:
             ready = False
         targets[name] = {
-            "critical": st.critical,
+            "gates_readiness": st.gates_readiness,
             "up": st.up,
             "fresh": fresh,
             "last_success_age_seconds": age,
             "reason": st.last_reason if not st.up else None,
         }
-    return _json(200 if ready else 503, {"status": "ready" if ready else "not_ready", "targets": targets})
+    status = "ready" if ready else "not_ready"
+    return _json(200 if ready else 503, {"status": status, "checks": own, "targets": targets})
 
 
 async def _index(request: web.Request) -> web.Response:

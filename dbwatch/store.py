@@ -43,7 +43,7 @@ class _Hist:
 class TargetStatus:
     """What readiness needs to know of one target (times are monotonic)."""
 
-    critical: bool
+    gates_readiness: bool  # the target's opt-in: /readyz fails while it has no fresh success
     stale_after: float
     last_success: float | None = None
     last_reason: str | None = None

@@ -232,8 +232,9 @@ async def test_daemon_reports_login_probe_and_no_secret_anywhere(capsys: pytest.
             app.mode = "500"
             text = await eventually(lambda: up(0.0))
             assert sample(text, "dbwatch_probe_failures_total", {"target": "login", "reason": "status"}) >= 1
-            _, body = await d.get("/readyz")
+            status, body = await d.get("/readyz")
             assert json.loads(body)["targets"]["login"]["reason"] == "status"
+            assert status == 200  # a login probe never gates readiness by default
             assert not any(f in text + body for f in (*SENTINEL_FORMS, TOKEN))
         assert d.store.counter_value(m.PROBE_FAILURES, ("login", "status")) >= 1
 

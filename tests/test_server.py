@@ -15,6 +15,7 @@ from dbwatch import metrics as m
 from dbwatch.errors import Reason
 from dbwatch.pgcluster import free_port
 from dbwatch.server import SCHEDULER
+from tests.faults.harness import Blackhole
 from tests.helpers import eventually, running, sample
 
 
@@ -63,20 +64,38 @@ async def test_scrape_never_touches_the_database(pg) -> None:
             await su.close()
 
 
-async def test_readyz_flips_with_critical_target_only(pg) -> None:
-    """A failing non-critical target keeps /readyz at 200; a failing critical one makes it 503."""
+async def test_readyz_gates_only_on_opted_in_targets(pg) -> None:
+    """A failing target keeps /readyz at 200 by default (critical or not); one with gate_readiness makes it 503."""
     dead = f"postgresql://app:pw@127.0.0.1:{free_port()}/x"
-    async with running({"targets": [t("main", pg.dsn), t("optional", dead, critical=False)]}) as d:
-        await eventually(lambda: d.store.status["optional"].last_reason == "refused")
+    async with running({"targets": [t("main", pg.dsn), t("down", dead, critical=True)]}) as d:
+        await eventually(lambda: d.store.status["down"].last_reason == "refused")
         status, body = await eventually(lambda: _status(d, "/readyz", 200))
         info = json.loads(body)
-        assert info["targets"]["optional"]["reason"] == "refused"
+        assert info["checks"] == {"config_loaded": True, "listeners_up": True, "first_cycle_done": True}
+        assert info["targets"]["down"] == {
+            "gates_readiness": False,
+            "up": False,
+            "fresh": False,
+            "last_success_age_seconds": None,
+            "reason": "refused",
+        }
         assert info["targets"]["main"]["up"] is True
-    async with running({"targets": [t("main", pg.dsn), t("critical_dead", dead, critical=True)]}) as d:
-        await eventually(lambda: d.store.status["critical_dead"].last_reason == "refused")
+    async with running({"targets": [t("main", pg.dsn), t("gating", dead, gate_readiness=True)]}) as d:
+        await eventually(lambda: d.store.status["gating"].last_reason == "refused")
         status, body = await d.get("/readyz")
         assert status == 503
-        assert json.loads(body)["targets"]["critical_dead"]["reason"] == "refused"
+        assert json.loads(body)["targets"]["gating"]["reason"] == "refused"
+
+
+async def test_readyz_waits_for_the_first_cycle() -> None:
+    """/readyz is 503 until every job has finished one run (here a probe that hangs until its timeout), then 200."""
+    with Blackhole() as hole:
+        hang = f"postgresql://app:pw@127.0.0.1:{hole.port}/x"
+        async with running({"targets": [t("hang", hang, interval=5, timeout=2)]}) as d:
+            status, body = await d.get("/readyz")
+            assert (status, json.loads(body)["checks"]["first_cycle_done"]) == (503, False)
+            _, body = await eventually(lambda: _status(d, "/readyz", 200), timeout=10)
+            assert json.loads(body)["targets"]["hang"]["reason"] == "timeout"
 
 
 async def _status(d, path: str, want: int) -> tuple[int, str] | None:
@@ -84,22 +103,40 @@ async def _status(d, path: str, want: int) -> tuple[int, str] | None:
     return (status, body) if status == want else None
 
 
-async def test_readyz_flips_when_critical_target_stops_and_recovers(pg_factory) -> None:
-    """Stop the server: probe_up 0 within interval+timeout and /readyz 503; start it: back within an interval."""
+async def test_readyz_through_a_database_stop_default_and_opt_in(pg_factory) -> None:
+    """Stop the server: the default daemon's /readyz stays 200 throughout, the opted-in one's turns 503 (and back).
+
+    Both watch the same server at once; probe_up goes to 0 within interval+timeout in both.
+    """
     c = pg_factory()
-    async with running({"targets": [t("db", c.dsn, interval=1.0, timeout=0.5, stale_after=1.6)]}) as d:
-        await eventually(lambda: _up(d, "db", 1.0))
-        await eventually(lambda: _status(d, "/readyz", 200))
+    common = {"interval": 1.0, "timeout": 0.5, "stale_after": 1.6}
+    async with (
+        running({"targets": [t("db", c.dsn, **common)]}) as plain,
+        running({"targets": [t("db", c.dsn, gate_readiness=True, **common)]}) as gated,
+    ):
+        for d in (plain, gated):
+            await eventually(lambda d=d: _up(d, "db", 1.0))
+            await eventually(lambda d=d: _status(d, "/readyz", 200))
+        seen: list[int] = []
+
+        async def gated_down() -> bool:
+            seen.append((await plain.get("/readyz"))[0])
+            return await _status(gated, "/readyz", 503) is not None
+
         c.cluster.stop("fast")
         t0 = time.monotonic()
-        await eventually(lambda: _up(d, "db", 0.0), timeout=5)
+        await eventually(lambda: _up(plain, "db", 0.0), timeout=5)
         assert time.monotonic() - t0 <= 1.0 + 0.5 + 0.5  # one interval + timeout (+ scheduling slack)
-        await eventually(lambda: _status(d, "/readyz", 503), timeout=5)
+        await eventually(gated_down, timeout=5)
+        # Well past stale_after: the default daemon still answers 200 (its pod stays in its Service).
+        await eventually(lambda: time.monotonic() - t0 > 2 * common["stale_after"] and gated_down(), timeout=10)
+        assert set(seen) == {200}
         c.cluster.start()
         t1 = time.monotonic()
-        await eventually(lambda: _up(d, "db", 1.0), timeout=5)
+        await eventually(lambda: _up(gated, "db", 1.0), timeout=5)
         assert time.monotonic() - t1 <= 1.0 + 0.5
-        text = await d.metrics()
+        await eventually(lambda: _status(gated, "/readyz", 200), timeout=5)
+        text = await plain.metrics()
         assert sample(text, "dbwatch_probe_failures_total", {"target": "db", "reason": "refused"}) >= 1
 
 

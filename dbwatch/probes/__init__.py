@@ -61,7 +61,7 @@ class ProbeJob:
         self.interval = target.interval
         self.timeout = target.timeout
         self._pending = False  # a run started and has not recorded its outcome yet
-        store.status[target.name] = TargetStatus(critical=target.critical, stale_after=target.stale_after)
+        store.status[target.name] = TargetStatus(gates_readiness=target.gate_readiness, stale_after=target.stale_after)
         source = ("probe", target.name)
         store.set(source, m.PROBE_UP, (target.name,), 0.0)
         store.set(("info", target.name), m.TARGET_INFO, (target.name, target.kind, str(target.critical).lower()), 1)

@@ -98,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Read log files once and report every logged traceback: category, classes, chain and the "
         "deepest line of application code. Plain, JSON/structlog, CRI and docker json-file logs; a progress bar on "
         "stderr for large files when stderr is a terminal.",
-        epilog="Exit codes: 0 ok, 1 a file could not be read, 2 bad usage.",
+        epilog="Exit codes: 0 ok, 1 a file could not be read or is not a regular file (a FIFO or device is refused:"
+        " its read may never end), 2 bad usage.",
     )
-    scan.add_argument("files", nargs="+", metavar="FILE", help="log files to read")
+    scan.add_argument("files", nargs="+", metavar="FILE", help="log files to read (regular files; - for stdin)")
     scan.add_argument(
         "--format", default="auto", choices=("auto", "plain", "json", "cri", "docker"), help="default %(default)s"
     )

@@ -569,6 +569,12 @@ LOG_FILE_ERRORS = MetricSpec(
     "Log files that could not be opened or read.",
     ("source",),
 )
+LOG_POSITIONS_RESET = MetricSpec(
+    "dbwatch_log_positions_reset",
+    MetricType.COUNTER,
+    "Saved positions found corrupt or unreadable: set aside, each file read on from its end.",
+    ("source",),
+)
 LOG_FILES = MetricSpec("dbwatch_log_files", MetricType.GAUGE, "Files the source follows now.", ("source",))
 LOG_BACKLOG = MetricSpec(
     "dbwatch_log_backlog_bytes",

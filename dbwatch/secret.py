@@ -86,9 +86,20 @@ class DSN:
             raise DSNError(
                 f"unsupported DSN scheme {scheme!r} (expected postgresql://, postgresql+asyncpg:// or postgresql+psycopg://)"
             )
+        # An unencoded '/', '?' or '#' in the password ends the authority for libpq, asyncpg and urlsplit, but not
+        # for SQLAlchemy's make_url (its password is everything up to the '@'): `postgresql://u:1234/pw@h/db` is
+        # host `u`, port 1234 to one and host `h` to the other. An '@' after the authority is that ambiguity:
+        # refused, and the message quotes nothing of the DSN.
+        rest = text.split("://", 1)[1]
+        authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if "@" in rest[authority_end:]:
+            raise DSNError(
+                "URL DSN has an '@' after the host part: percent-encode '/', '?', '#' and '@' in the user name,"
+                " password and parameters (%2F, %3F, %23, %40)"
+            )
         try:
             # urlsplit takes no `_` in a scheme (psycopg_async): the netloc is parsed under a plain one
-            parts = urllib.parse.urlsplit("postgresql://" + text.split("://", 1)[1])
+            parts = urllib.parse.urlsplit("postgresql://" + rest)
         except ValueError:  # urlsplit's own message may quote the netloc, password included
             raise DSNError("malformed URL DSN (unbalanced [ ] around the host?)") from None
         netloc = parts.netloc

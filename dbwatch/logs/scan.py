@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -20,6 +22,7 @@ from dbwatch.logs.traceback import Chain, Frame
 __all__ = ["FileReport", "scan_file", "scan_files", "summary", "to_json", "to_text", "write_json"]
 
 READ_SIZE: Final = 1 << 20
+STDIN: Final = "-"
 PROGRESS_MIN_BYTES: Final = 8 << 20
 _NONE: Final = Chain(())
 
@@ -71,12 +74,15 @@ def scan_file(
         report.events.append((Event(event.first_line, event.last_line, event.timestamp, event.logger, _NONE), c))
 
     splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes)
-    with open(path, "rb", buffering=0) as f:  # reads go straight into each chunk
-        total = os.fstat(f.fileno()).st_size
+    with _open(path) as f:  # unbuffered: reads go straight into each chunk
+        # a regular file is read up to its size at open (one that keeps growing still ends); stdin to its EOF
+        total = os.fstat(f.fileno()).st_size if str(path) != STDIN else 0
+        left = total if total else -1
         show = progress if total >= PROGRESS_MIN_BYTES else None
         started = time.monotonic()
         last = 0.0
-        while chunk := f.read(READ_SIZE):
+        while left and (chunk := f.read(READ_SIZE if left < 0 else min(READ_SIZE, left))):
+            left = left - len(chunk) if left > 0 else left
             splitter.feed(chunk)
             now = time.monotonic()
             if show is not None and now - last > 0.2:
@@ -88,6 +94,24 @@ def scan_file(
             show.write("\n")
     report.format = splitter.format if splitter.parser is not None else "plain"
     return report
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or directory given to scan: reading it may never end, so it is refused."""
+
+
+def _open(path: str | Path) -> io.FileIO:
+    """The file to scan: `-` is standard input; anything else must be a regular file (checked on the open file)."""
+    if str(path) == STDIN:
+        return io.FileIO(os.dup(sys.stdin.fileno()), "rb")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: opening a FIFO does not wait
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+        raise NotRegularFile(f"{kind}, not a regular file (give - to read standard input)")
+    os.set_blocking(fd, True)
+    return io.FileIO(fd, "rb")
 
 
 def scan_files(paths: Sequence[str], fmt: str, rules: AppRules, *, progress: IO[str] | None = None) -> list[FileReport]:
@@ -191,7 +215,7 @@ def to_text(reports: Sequence[FileReport]) -> str:
 
 
 def run(paths: Sequence[str], fmt: str, roots: Sequence[str], packages: Sequence[str], as_json: bool) -> int:
-    """The `scan` subcommand; returns the exit code (1 when a file cannot be read)."""
+    """The `scan` subcommand; returns the exit code (1 when a file cannot be read or is not a regular file)."""
     rules = AppRules(tuple(os.path.abspath(r) for r in roots), tuple(packages))
     progress = sys.stderr if sys.stderr.isatty() else None
     reports: list[FileReport] = []
@@ -199,6 +223,9 @@ def run(paths: Sequence[str], fmt: str, roots: Sequence[str], packages: Sequence
     for p in paths:
         try:
             reports.append(scan_file(p, fmt, rules, progress=progress))
+        except NotRegularFile as exc:
+            sys.stderr.write(f"dbwatch scan: refusing {p}: {exc}\n")
+            failed = True
         except OSError as exc:
             sys.stderr.write(f"dbwatch scan: cannot read {p}: {exc.strerror or type(exc).__name__}\n")
             failed = True

@@ -46,9 +46,9 @@ _CHILD = (
 
 
 def _scan_stdin(write: Callable[[IO[bytes]], None], fmt: str = "plain") -> tuple[dict[str, Any], int]:
-    """`dbwatch scan --json /dev/stdin` in its own process fed by `write`; (report, peak RSS bytes of the scan)."""
+    """`dbwatch scan --json -` in its own process fed by `write`; (report, peak RSS bytes of the scan)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, "scan", "--json", "--format", fmt, "/dev/stdin"],
+        [sys.executable, "-c", _CHILD, "scan", "--json", "--format", fmt, "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -86,7 +86,7 @@ def test_one_gib_line_without_newline_is_truncated_in_bounded_memory() -> None:
         pipe.write(b"\n" + TB.encode())
 
     report, rss = _scan_stdin(write)
-    f = report["files"]["/dev/stdin"]
+    f = report["files"]["-"]
     assert f["lines"] == 7
     assert [e["category"] for e in f["events"]] == ["missing_greenlet"]
     assert f["events"][0]["first_line"] == 2
@@ -98,7 +98,7 @@ def test_binary_garbage_and_invalid_utf8_do_not_break_assembly() -> None:
     garbage = os.urandom(4 * MIB)
     bad = TB.replace("can't call", "can't \udcff call").encode("utf-8", "surrogateescape")
     report, rss = _scan_stdin(lambda pipe: pipe.write(garbage + b"\n" + bad) and None)
-    f = report["files"]["/dev/stdin"]
+    f = report["files"]["-"]
     assert [e["category"] for e in f["events"]] == ["missing_greenlet"]
     assert rss < BOUND
     # the same garbage in a JSON log: counted as unmatched / parse errors, the JSON record after it still read

@@ -13,9 +13,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dbwatch.pgcluster import free_port
+from dbwatch.secret import DSN, DSNError
 from tests.faults.harness import Blackhole, DaemonProcess
 from tests.helpers import SENTINEL, SENTINEL_FORMS, run_cli
 
@@ -129,3 +131,29 @@ def test_crash_paths_never_leak(tmp_path: Path) -> None:
                     assert proc.returncode in (1, 2), (name, cmd, proc.returncode)
                 assert "Traceback" not in proc.stderr, name
                 assert not _leaks(proc.stdout + proc.stderr), f"password leaked: {name} {cmd[0]}"
+
+
+def test_a_dsn_libpq_and_sqlalchemy_read_differently_is_refused_without_echo(tmp_path: Path) -> None:
+    """`postgresql://u:1234/Bad-secret@h/db`: libpq reads host `u` port 1234, SQLAlchemy password `1234/Bad-secret`.
+
+    Refused (exit 2) by check-config and run, and no piece of it (password head or tail) is printed.
+    """
+    pieces = ("1234", "Bad-secret", "secret@h", "Bad")
+    for dsn in (
+        "postgresql://u:1234/Bad-secret@h/db",
+        "postgresql+asyncpg://u:1234?Bad-secret@h/db",
+        "postgresql://u:1234#Bad-secret@h/db",
+    ):
+        with pytest.raises(DSNError) as err:
+            DSN.parse(dsn)
+        assert not [p for p in pieces if p in str(err.value)], str(err.value)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"targets": [{"name": "a", "dsn": dsn}]}))
+        for cmd in (("check-config", str(cfg)), ("run", "--config", str(cfg))):
+            proc = run_cli(*cmd, timeout=30)
+            assert proc.returncode == 2, (dsn, cmd, proc.stdout, proc.stderr)
+            assert not [p for p in pieces if p in proc.stdout + proc.stderr], (cmd, proc.stdout, proc.stderr)
+    # the same password percent-encoded is what both read alike: accepted, and the password never shown
+    ok = DSN.parse("postgresql://u:1234%2FBad-secret@h/db")
+    assert (ok.host, ok.user, ok.password.reveal(), ok.database) == ("h", "u", "1234/Bad-secret", "db")
+    assert "Bad-secret" not in str(ok)

@@ -108,3 +108,13 @@ def test_progress_bar_on_stderr_when_it_is_a_terminal(tmp_path: Path, log_corpus
     text = err.decode()
     assert "scan big.log: [" in text
     assert "100.0%" in text
+
+
+def test_scan_refuses_a_fifo_and_a_device(tmp_path: Path) -> None:
+    """A FIFO with no writer and /dev/zero would never end: refused at once with a clear message, exit 1."""
+    fifo = tmp_path / "app.fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a device or socket"), (tmp_path, "a directory")):
+        proc = run_cli("scan", str(path), timeout=20)
+        assert proc.returncode == 1
+        assert f"dbwatch scan: refusing {path}: {kind}, not a regular file" in proc.stderr

@@ -84,7 +84,7 @@ class AccessConfig:
     method_field: str | None = None
     status_field: str | None = None
     routes: tuple[str, ...] = ()  # templates matched first: /api/orgs/{org}/members, /static/*
-    max_routes: int = 50  # distinct routes per source; later ones count as `other`
+    max_routes: int = 50  # distinct routes per source; later ones count as `__other__`
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeGuard
 
 import structlog
 
+from dbwatch import labels
 from dbwatch import metrics as m
 from dbwatch.config import HookConfig
 from dbwatch.hook import wire
@@ -274,7 +275,7 @@ class Ingest:
         if value in seen:
             return value
         if len(seen) >= cap:
-            return "other"
+            return labels.OTHER
         seen.add(value)
         return value
 
@@ -412,9 +413,12 @@ def _same(value: object) -> object:
 
 
 def _route(value: object) -> str:
+    """A route from a hook, normalised again (a hook of another version still joins the access log's labels)."""
     if not isinstance(value, str) or not _ROUTE_RE.fullmatch(value):
         raise Rejected("bad_schema", "route")
-    return value
+    if value.startswith("/"):
+        return labels.route(value)
+    return value if value == labels.UNMATCHED else labels.OTHER
 
 
 def _request(row: object) -> tuple[str, str, str, list[int], float]:
@@ -431,7 +435,7 @@ def _request(row: object) -> tuple[str, str, str, list[int], float]:
     n = len(wire.LAYOUTS["request"]) + 1
     if not isinstance(counts, list) or len(counts) != n:
         raise Rejected("bad_schema", "request buckets")
-    return _route(route), method, sc, [_count(c) for c in counts], _seconds(total)
+    return _route(route), labels.method(method), sc, [_count(c) for c in counts], _seconds(total)
 
 
 def _exception(row: object) -> tuple[str, str, str, int]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from dbwatch.collectors.base import OTHER, Collector, LabelCap, Scope
+from dbwatch.collectors.base import Collector, Scope
 from dbwatch.collectors.pg_activity import PgActivity
 from dbwatch.collectors.pg_database import PgDatabase
 from dbwatch.collectors.pgbouncer import Pgbouncer
 
-__all__ = ["COLLECTORS", "OTHER", "Collector", "LabelCap", "Scope", "defaults_for"]
+__all__ = ["COLLECTORS", "Collector", "Scope", "defaults_for"]
 
 COLLECTORS: Final[dict[str, type[Collector]]] = {
     PgActivity.name: PgActivity,

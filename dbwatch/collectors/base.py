@@ -1,17 +1,14 @@
-"""What every collector is: one narrow protocol, plus the cardinality cap for label values from outside."""
+"""What every collector is: one narrow protocol (label values from outside are capped by `dbwatch.labels.Capper`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Protocol
 
 from dbwatch.store import Sample
 
-__all__ = ["OTHER", "Collector", "LabelCap", "Scope", "weights"]
-
-# The label value that stands for every value beyond the cap.
-OTHER: Final = "__other__"
+__all__ = ["Collector", "Scope", "weights"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,30 +30,6 @@ class Collector(Protocol):
     async def collect(self, conn: Any, budget: float) -> Iterable[Sample]:
         """Return gauge and counter samples (counters as the source's cumulative value); raise on failure."""
         ...
-
-
-class LabelCap:
-    """Keeps at most `limit` distinct values of one label; the rest read as `__other__`.
-
-    A value keeps its slot while it is present, so series stay put; free slots go to the largest new values.
-    """
-
-    __slots__ = ("_kept", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._kept: set[str] = set()
-
-    def fold(self, weights: Mapping[str, float]) -> tuple[dict[str, str], int]:
-        """Map each present value to itself or OTHER; also return how many distinct values were folded."""
-        present = set(weights)
-        kept = self._kept & present
-        for value in sorted(present - kept, key=lambda v: (-weights[v], v)):
-            if len(kept) >= self.limit:
-                break
-            kept.add(value)
-        self._kept = kept
-        return {v: v if v in kept else OTHER for v in present}, len(present) - len(kept)
 
 
 def weights(rows: Iterable[tuple[str, float]]) -> dict[str, float]:

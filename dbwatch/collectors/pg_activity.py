@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
 from dbwatch import metrics as m
-from dbwatch.collectors.base import OTHER, LabelCap, Scope, weights
+from dbwatch.collectors.base import Scope, weights
+from dbwatch.labels import OTHER, Capper
 from dbwatch.store import Sample
 
 __all__ = ["STATES", "WAIT_EVENT_TYPES", "PgActivity"]
@@ -135,8 +136,8 @@ class PgActivity:
 
     def __init__(self, scope: Scope) -> None:
         self._t = scope.target
-        self._users = LabelCap(scope.max_label_values)
-        self._apps = LabelCap(scope.max_label_values)
+        self._users = Capper(scope.max_label_values)
+        self._apps = Capper(scope.max_label_values)
 
     async def collect(self, conn: Any, budget: float) -> Iterable[Sample]:
         """One statement, then fold, zero-fill and shape the samples."""

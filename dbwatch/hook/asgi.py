@@ -1,26 +1,26 @@
 """ASGI middleware: request latency by route template, method and status class, and unhandled exceptions; stdlib only.
 
 The route label is the framework's template when it sets one in the scope (FastAPI/Starlette `scope["route"]`),
-otherwise the path with id-like segments replaced (`/users/123` -> `/users/{id}`). At most `max_routes` distinct
-routes are kept; the rest report as `other`, and 404s without a route as `unmatched`, so scanners cannot blow up
-the label set.
+otherwise the path; either way through `dbwatch.labels.route`, the access log's normaliser, so `/users/{user_id}`
+and `/users/123` are both `/users/{id}`. At most `max_routes` distinct routes are kept; the rest report as
+`__other__`, and 404s without a route as `unmatched`, so scanners cannot blow up the label set.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from dbwatch import labels
 from dbwatch.hook import wire
 from dbwatch.hook.reporter import get_reporter
 from dbwatch.logs.classify import AppRules, classify_event
 from dbwatch.logs.traceback import Chain, Exc
 
-__all__ = ["DbwatchASGIMiddleware", "category", "exception_name", "route_template"]
+__all__ = ["DbwatchASGIMiddleware", "category"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,15 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-METHODS: Final = frozenset(wire.METHODS)
-_MAX_ROUTE_LEN: Final = wire.MAX_ROUTE_LEN
 _MAX_EXCEPTION_CLASSES: Final = 50
-_SEGMENT_RULES: Final = (
-    (re.compile(r"^\d+$"), "{id}"),
-    (re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"), "{uuid}"),
-    (re.compile(r"^[0-9a-fA-F]{16,}$"), "{hex}"),
-    (re.compile(r"^(?=.*\d)[A-Za-z0-9_\-.~%]{20,}$"), "{token}"),
-)
 _BUCKETS: Final = wire.LAYOUTS["request"]
 _MAX_CHAIN: Final = 8
 _MAX_GROUP: Final = 20
@@ -78,33 +70,18 @@ def category(exc: BaseException) -> str:
     return classify_event(_chain(exc), _NO_APP_FRAMES).category.value
 
 
-def exception_name(exc: BaseException) -> str:
-    """A bounded, label-safe class name (`module.Class` is too long and too many; the class name says enough)."""
-    name = type(exc).__name__
-    return name[:80] if name.isidentifier() else "other"
-
-
-def route_template(path: str) -> str:
-    """A path with id-like segments replaced by placeholders, cut to a bounded length."""
-    parts = []
-    for seg in path.split("/"):
-        parts.append(next((repl for rx, repl in _SEGMENT_RULES if rx.fullmatch(seg)), seg))
-    return "/".join(parts)[:_MAX_ROUTE_LEN] or "/"
-
-
 def _scope_route(scope: Scope) -> str | None:
     """The framework's template: FastAPI's `scope["route"]`, else the path with Starlette's path_params put back."""
     route = scope.get("route")
     for attr in ("path_format", "path"):
         value = getattr(route, attr, None)
         if isinstance(value, str) and value:
-            return (str(scope.get("root_path", "")) + value)[:_MAX_ROUTE_LEN]
+            return str(scope.get("root_path", "")) + value
     params = scope.get("path_params")
     if isinstance(params, dict) and params:
         by_value = {str(v): k for k, v in params.items() if isinstance(k, str)}
         path = str(scope.get("path", ""))
-        parts = [f"{{{by_value[seg]}}}" if seg in by_value else seg for seg in path.split("/")]
-        return route_template("/".join(parts))
+        return "/".join(f"{{{by_value[seg]}}}" if seg in by_value else seg for seg in path.split("/"))
     return None
 
 
@@ -130,7 +107,8 @@ class DbwatchASGIMiddleware:
     def _reset(self) -> None:
         self._requests: dict[tuple[str, str, str], list[float]] = {}
         self._exceptions: dict[tuple[str, str, str], int] = {}
-        self._routes: set[str] = set()
+        self._routes = labels.Capper(self.max_routes)
+        self._names = labels.Capper(_MAX_EXCEPTION_CLASSES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -154,38 +132,28 @@ class DbwatchASGIMiddleware:
 
     def _record(self, scope: Scope, status: int, elapsed: float, exc: BaseException | None) -> None:
         try:
-            route = self._route(scope, status)
-            method = str(scope.get("method", "")).upper()
-            method = method if method in METHODS else "other"
-            status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+            template = _scope_route(scope)
+            method = labels.method(str(scope.get("method", "")))
+            status_class = labels.status_class(status)
             i = bisect.bisect_left(_BUCKETS, elapsed)
             with self._lock:
+                route = self._route(template, scope, status)
                 row = self._requests.get((route, method, status_class))
                 if row is None:
                     row = self._requests[(route, method, status_class)] = [0.0] * (len(_BUCKETS) + 2)
                 row[i] += 1
                 row[-1] += elapsed
                 if exc is not None:
-                    name = exception_name(exc)
-                    names = {k[1] for k in self._exceptions}
-                    if name not in names and len(names) >= _MAX_EXCEPTION_CLASSES:
-                        name = "other"
-                    key = (route, name, category(exc))
+                    key = (route, self._names(labels.exception(type(exc).__name__)), category(exc))
                     self._exceptions[key] = self._exceptions.get(key, 0) + 1
         except Exception:  # noqa: BLE001, S110 - the middleware never changes what the app does
             pass
 
-    def _route(self, scope: Scope, status: int) -> str:
-        route = _scope_route(scope)
-        if route is None:
-            if status == 404:
-                return "unmatched"
-            route = route_template(str(scope.get("path", "")))
-        if route not in self._routes:
-            if len(self._routes) >= self.max_routes:
-                return "other"
-            self._routes.add(route)
-        return route
+    def _route(self, template: str | None, scope: Scope, status: int) -> str:
+        """The capped route label (call under the lock)."""
+        if template is None and status == 404:
+            return labels.UNMATCHED
+        return self._routes(labels.route(template if template is not None else str(scope.get("path", ""))))
 
     # ----- Source protocol ---------------------------------------------------------------------------------
 

@@ -51,9 +51,10 @@ class Source(Protocol):
 class Reporter:
     """Packs every registered source's report into datagrams on an interval and sends them to one sidecar."""
 
-    def __init__(self, addr: wire.Address, app: str, token: str | None, interval: float) -> None:
+    def __init__(self, addr: wire.Address, app: str, token: str | None, interval: float, *, named: bool = True) -> None:
         self.addr = addr
         self.app = app
+        self.named = named  # False: the default app name, which the first name given in this process replaces
         self._token = token
         self.interval = interval
         self._lock = threading.Lock()
@@ -290,16 +291,32 @@ def resolve(
 def get_reporter(
     sidecar: str | None = None, app: str | None = None, token: str | None = None, interval: float | None = None
 ) -> Reporter:
-    """The process's reporter for this sidecar and app, created on first use."""
+    """The process's reporter for this sidecar and app, created on first use.
+
+    A process reports as one app: a source given no app name (argument or DBWATCH_HOOK_APP) joins the app this
+    process named (`instrument(engine, app="myapp")` plus a bare `DbwatchASGIMiddleware` is one app, `myapp`, in
+    either order of set-up); only with no name anywhere is it `app`.
+    """
     addr, name, tok, ival = resolve(sidecar, app, token, interval)
-    key = (str(addr), name, tok)
+    explicit = bool(app or os.environ.get("DBWATCH_HOOK_APP"))
     with _reporters_lock:
-        rep = _reporters.get(key)
-        if rep is None:
-            rep = _reporters[key] = Reporter(addr, name, tok, ival)
-            _all.add(rep)
-        elif ival < rep.interval:
-            rep.interval = ival
+        peers = [r for (a, _n, t), r in _reporters.items() if a == str(addr) and t == tok]
+        named = [r for r in peers if r.named]
+        rep = _reporters.get((str(addr), name, tok))
+        if not explicit and len(named) == 1:
+            rep = named[0]
+        elif rep is None:
+            unnamed = next((r for r in peers if not r.named), None)
+            if explicit and unnamed is not None and not named:  # the first name given takes over the default one
+                del _reporters[(str(addr), unnamed.app, tok)]
+                unnamed.app = name
+                rep = unnamed
+            else:
+                rep = Reporter(addr, name, tok, ival, named=explicit)
+                _all.add(rep)
+            _reporters[(str(addr), name, tok)] = rep
+        rep.named = rep.named or explicit
+        rep.interval = min(rep.interval, ival)
         return rep
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
 from sqlalchemy.engine import Engine
 
+from dbwatch import labels
 from dbwatch.hook import wire
 from dbwatch.hook.reporter import Reporter, get_reporter
 
@@ -37,7 +38,7 @@ _perf = time.perf_counter
 _wall = time.time
 _DERIVED: Final = ("checkins", "resets")  # counted through the held histogram; see EngineState.counters()
 _INTERNAL: Final = ("returns_dead", "checkout_failures")
-_ERROR_CAP: Final = 50  # distinct DBAPI error classes per engine before the rest count as `other`
+_ERROR_CAP: Final = 50  # distinct DBAPI error classes per engine before the rest count as `__other__`
 # null_pool_under_load: a window closes after this many checkouts; it holds when connects were >= 90% of them.
 # A window older than _UNDER_LOAD_MAX_AGE without that many checkouts is not load and starts over.
 _UNDER_LOAD_MIN_CHECKOUTS: Final = 20
@@ -82,6 +83,7 @@ class EngineState:
         self.started = [0]  # checkouts begun; waiting now = begun - returned - raised
         self._resets_floor = 0
         self.errors: dict[str, int] = {}
+        self._error_names = labels.Capper(_ERROR_CAP)
         self.wall_offset = [_wall() - _perf()]  # time.time() - perf_counter(), refreshed on every report
         self._window = (0, 0, time.monotonic())  # (checkouts, connects, when) at the window's start
 
@@ -94,6 +96,7 @@ class EngineState:
         self.started[0] = 0
         self._resets_floor = 0
         self.errors.clear()
+        self._error_names.reset()
         self._window = (0, 0, time.monotonic())
 
     def alive(self) -> bool:
@@ -212,9 +215,7 @@ class EngineState:
         try:
             orig = ctx.original_exception
             cause = getattr(orig, "__cause__", None)
-            name = type(cause if isinstance(cause, Exception) else orig).__name__[:80]
-            if name not in self.errors and len(self.errors) >= _ERROR_CAP:
-                name = "other"
+            name = self._error_names(labels.exception(type(cause if isinstance(cause, Exception) else orig).__name__))
             self.errors[name] = self.errors.get(name, 0) + 1
         except Exception:  # noqa: BLE001, S110 - never raise into the app; bookkeeping only
             pass

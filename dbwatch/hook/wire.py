@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from dbwatch import labels
 from dbwatch.metrics import (
     POOL_AGE_BUCKETS,
     POOL_CONNECT_BUCKETS,
@@ -57,9 +58,10 @@ COUNTERS: Final = (
 SETTINGS: Final = ("size", "max_overflow", "timeout_seconds", "recycle_seconds", "pre_ping")
 FINDINGS: Final = ("static_pool_async", "expire_on_commit", "pre_ping_off_recycle", "null_pool_under_load")
 DROP_REASONS: Final = ("queue_full", "send_failed")
-METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
-STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx", "unknown")
-MAX_ROUTE_LEN: Final = 120
+# Method and status-class values a datagram may carry ("other" from a hook older than the shared label policy).
+METHODS: Final = (*labels.METHODS, labels.OTHER, "other")
+STATUS_CLASSES: Final = labels.STATUS_CLASSES
+MAX_ROUTE_LEN: Final = labels.MAX_ROUTE_LEN
 # Histogram name in the payload -> its bucket upper bounds (the +Inf bucket is implied: len(bounds) + 1 counts).
 HISTS: Final = {
     "checkout_wait": POOL_WAIT_BUCKETS,

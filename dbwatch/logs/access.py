@@ -3,8 +3,9 @@
 Pure parsing, fed by the log tailer one assembled record at a time (`AccessLog.feed`). Three shapes:
 gunicorn lines (`access_log_format` with `%(D)s` µs, `%(M)s` ms, `%(L)s` s or `%(T)s` s), JSON records (structlog
 or similar; field names configurable, common names tried otherwise) and nginx / ingress-nginx lines
-(`$request_time`, `$upstream_response_time`). Label values are bounded: routes are templates (ids, uuids, hex and
-opaque tokens become placeholders) capped per source, methods and status classes are closed sets.
+(`$request_time`, `$upstream_response_time`). Label values are bounded and made by `dbwatch.labels`, as the in-app
+hook makes them: routes are templates (`/users/{id}`) capped per source, a 404 never takes a new route slot
+(`unmatched`), methods and status classes are closed sets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from dbwatch import labels
 from dbwatch import metrics as m
 from dbwatch.config import AccessConfig
 from dbwatch.store import Store
@@ -26,7 +28,6 @@ __all__ = [
     "Request",
     "compile_gunicorn",
     "compile_nginx",
-    "normalize_route",
 ]
 
 # gunicorn's default access_log_format plus a duration in microseconds (the default has none).
@@ -37,12 +38,8 @@ INGRESS_NGINX_DEFAULT: Final = (
     '"$http_user_agent" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] '
     "$upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"
 )
-METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
-OTHER: Final = "other"
 MAX_LINE: Final = 16384  # longer records are not access lines worth parsing
 MAX_SECONDS: Final = 86400.0  # a "duration" longer than a day is a misparse, not a request
-MAX_SEGMENTS: Final = 8
-MAX_SEGMENT_LEN: Final = 64
 
 _UNIT: Final = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _GUNICORN_UNIT: Final = {"D": 1e-6, "M": 1e-3, "L": 1.0, "T": 1.0}
@@ -74,10 +71,6 @@ _STATUS_NAMES: Final = (
     "http.response.status_code",
 )
 _REQUEST_LINE: Final = re.compile(r"^([A-Z]{3,10}) (\S+)(?: HTTP/[\d.]+)?$")
-_UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_INT: Final = re.compile(r"^\d+$")
-_HEX: Final = re.compile(r"^(?=[^g-zG-Z]*\d)[0-9a-fA-F]{8,}$")
-_TOKEN: Final = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-.~=]{20,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,31 +82,6 @@ class Request:
     status: int
     seconds: float
     templated: bool = False  # path is already a route template
-
-
-def normalize_route(path: str) -> str:
-    """A route template from a raw path: query dropped, ids/uuids/hex/tokens replaced, depth and length bounded."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    if "://" in path:  # absolute-form request target: keep the path only
-        path = "/" + path.split("://", 1)[1].partition("/")[2]
-    if not path.startswith("/"):
-        return OTHER
-    out: list[str] = []
-    segments = path.split("/")[1:]
-    for seg in segments[:MAX_SEGMENTS]:
-        if _INT.match(seg):
-            out.append("{id}")
-        elif _UUID.match(seg):
-            out.append("{uuid}")
-        elif _HEX.match(seg):
-            out.append("{hex}")
-        elif _TOKEN.match(seg) or len(seg) > MAX_SEGMENT_LEN:
-            out.append("{token}")
-        else:
-            out.append(seg)
-    if len(segments) > MAX_SEGMENTS:
-        out.append("...")
-    return "/" + "/".join(out)
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -265,7 +233,7 @@ class AccessLog:
         self._gunicorn, self._gunicorn_unit = compile_gunicorn(config.gunicorn_format or GUNICORN_DEFAULT)
         self._nginx = compile_nginx(config.nginx_format or INGRESS_NGINX_DEFAULT)
         self._templates = [(t, _template_regex(t)) for t in config.routes]
-        self._routes: set[str] = set()
+        self._routes = labels.Capper(config.max_routes)
         self._pairs: set[tuple[str, str]] = set()
         for result in ("observed", "unmatched", "bad_value"):
             store.inc(m.HTTP_ACCESS_RECORDS, (source, result), 0)
@@ -280,13 +248,13 @@ class AccessLog:
         if req is None:
             self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "unmatched"))
             return False
-        route, method = self.route(req), _method(req.method)
+        route, method = self.route(req), labels.method(req.method)
         if (route, method) not in self._pairs:
             # The 5xx series exists from the first request on, so rate() sees the first server error too.
             self._pairs.add((route, method))
             self._store.touch_histogram(m.HTTP_REQUEST_DURATION, (self._source, route, method, "5xx"))
-        labels = (self._source, route, method, _status_class(req.status))
-        self._store.observe(m.HTTP_REQUEST_DURATION, labels, req.seconds)
+        series = (self._source, route, method, labels.status_class(req.status))
+        self._store.observe(m.HTTP_REQUEST_DURATION, series, req.seconds)
         self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "observed"))
         return True
 
@@ -307,18 +275,16 @@ class AccessLog:
         return self._from_nginx(line)
 
     def route(self, req: Request) -> str:
-        """The bounded route label: a configured template, the app's template, or the normalised path."""
+        """The capped route label of a configured template, the app's logged template, or the path.
+
+        A 404 the app logged as a path (not a template) takes no new slot: a scanner's paths are `unmatched`.
+        """
         path = req.path.split("?", 1)[0]
-        route = next((t for t, rx in self._templates if rx.match(path)), None)
-        if route is None:
-            route = path if req.templated and path.startswith("/") else normalize_route(path)
-            route = route[:200]
-        if route in self._routes:
-            return route
-        if len(self._routes) >= self._cfg.max_routes:
-            return OTHER
-        self._routes.add(route)
-        return route
+        template = next((t for t, rx in self._templates if rx.match(path)), None)
+        route = labels.route(template if template is not None else path)
+        if template is None and not req.templated and req.status == 404 and route not in self._routes:
+            return labels.UNMATCHED
+        return self._routes(route)
 
     def _from_fields(self, fields: Mapping[str, Any]) -> Request | None:
         cfg = self._cfg
@@ -401,11 +367,3 @@ def _checked(method: str, path: str, status: float, seconds: float, templated: b
     if not 100 <= status <= 599:
         raise _BadValue("status")
     return Request(method.upper(), path, int(status), seconds, templated)
-
-
-def _method(method: str) -> str:
-    return method if method in METHODS else OTHER
-
-
-def _status_class(status: int) -> str:
-    return f"{status // 100}xx"

@@ -8,8 +8,8 @@ import contextlib
 import asyncpg
 
 from dbwatch import metrics as m
-from dbwatch.collectors.base import OTHER
 from dbwatch.collectors.pg_activity import STATES
+from dbwatch.labels import OTHER
 from tests.collectors.conftest import harness, sessions
 from tests.helpers import eventually
 

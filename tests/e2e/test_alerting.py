@@ -217,7 +217,7 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
                 orm = await eventually(lambda: webhook.firing("DbwatchAsyncORMError"), timeout=20)
                 assert orm["labels"]["location"] == location
                 assert orm["labels"]["category"] == "missing_greenlet"
-                assert orm["labels"]["exception"] == "sqlalchemy.exc.MissingGreenlet"
+                assert orm["labels"]["exception"] == "MissingGreenlet"
                 assert orm["labels"]["severity"] == "page"
                 assert location in orm["annotations"]["description"]
                 assert orm["labels"]["target"] == "main"

@@ -22,7 +22,7 @@ from starlette.routing import Match, Route
 
 from dbwatch import metrics as m
 from dbwatch.hook import DbwatchASGIMiddleware
-from dbwatch.hook.asgi import category, route_template
+from dbwatch.hook.asgi import category
 from dbwatch.logs.classify import AppRules, classify_event
 from dbwatch.logs.traceback import parse
 from dbwatch.pgcluster import free_port
@@ -51,16 +51,6 @@ async def _serve(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
-
-
-def test_route_template_bounds_ids() -> None:
-    """ids, uuids, long hex and token-like segments become placeholders; the result is length-bounded."""
-    assert route_template("/users/123/orders/9") == "/users/{id}/orders/{id}"
-    assert route_template("/u/0b7e6f4c-3a2d-4c1e-9f00-1234567890ab") == "/u/{uuid}"
-    assert route_template("/blob/deadbeefdeadbeefdeadbeef") == "/blob/{hex}"
-    assert route_template("/reset/aZ3kq9Lm2Pq8Rt5Vx7Yz1B") == "/reset/{token}"
-    assert route_template("/health") == "/health"
-    assert len(route_template("/" + "z" * 500)) == 120
 
 
 async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, sa_url) -> None:
@@ -100,11 +90,11 @@ async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, 
     def hist(route: str, method: str, sc: str) -> int:
         return sink.hist(m.APP_REQUEST_DURATION, "web", route, method, sc)[0]
 
-    await eventually(lambda: hist("/users/{user_id}", "GET", "2xx") == 3)
-    assert hist("/orders/{order_id}", "GET", "4xx") == 1  # path_format: the convertor dropped
+    await eventually(lambda: hist("/users/{id}", "GET", "2xx") == 3)
+    assert hist("/orders/{id}", "GET", "4xx") == 1  # path_format: the convertor dropped
     assert hist("/greenlet", "GET", "5xx") == 1
     assert hist("unmatched", "GET", "4xx") == 2
-    assert hist("/users/{user_id}", "POST", "4xx") == 1
+    assert hist("/users/{id}", "POST", "4xx") == 1
     assert sink.counter(m.APP_EXCEPTIONS, "web", "/greenlet", "MissingGreenlet", "missing_greenlet") == 1
 
 

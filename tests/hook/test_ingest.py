@@ -194,7 +194,7 @@ def test_token_required_when_configured() -> None:
 
 
 def test_apps_workers_and_label_values_are_bounded() -> None:
-    """Caps: apps and workers beyond the limit are refused; routes and class names beyond it become `other`."""
+    """Caps: apps and workers beyond the limit are refused; routes and class names beyond it become `__other__`."""
     ingest, store, _ = _ingest(max_apps=1, max_workers=2, max_routes=2, max_label_values=1)
     assert _send(ingest, _doc()) == "accepted"
     assert _send(ingest, _doc(app="other-app")) == "over_limit"
@@ -205,9 +205,9 @@ def test_apps_workers_and_label_values_are_bounded() -> None:
     exc = [["/r0", "KeyError", "other", 1], ["/r0", "ValueError", "other", 2]]
     assert _send(ingest, _doc(seq=2, requests=rows, exceptions=exc)) == "accepted"
     assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/r1", "GET", "2xx"))[0] == 1
-    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "other", "GET", "2xx"))[0] == 2
+    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "__other__", "GET", "2xx"))[0] == 2
     assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/r0", "KeyError", "other")) == 1
-    assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/r0", "other", "other")) == 2
+    assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/r0", "__other__", "other")) == 2
 
 
 def test_hook_config_section() -> None:

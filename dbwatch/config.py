@@ -41,6 +41,7 @@ __all__ = [
 DEFAULT_PORT: Final = 9839
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)  # noqa: S104 - a sidecar is scraped from outside its pod
 TARGET_KINDS: Final = ("postgres", "http_login", "pgbouncer")
+COLLECT_MODES: Final = ("auto", "always", "never")
 DEFAULT_MAX_LABEL_VALUES: Final = 20
 HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH")
 BODY_ENCODINGS: Final = ("json", "form")
@@ -112,9 +113,10 @@ class LoginCheck:
 
 @dataclass(frozen=True, slots=True)
 class CollectConfig:
-    """Server-side collection for one target over its persistent monitoring connection."""
+    """Database-wide collection for one target over its persistent monitoring connection (see coordination.py)."""
 
     collectors: tuple[str, ...] = ()
+    mode: str = "auto"  # auto: one instance per database (advisory lock) | always: central | never: sidecar
     interval: float = 15.0
     budget: float = 5.0
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
@@ -311,6 +313,7 @@ def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
 def _redacted_collect(c: CollectConfig) -> dict[str, Any]:
     return {
         "collectors": list(c.collectors),
+        "mode": c.mode,
         "interval": c.interval,
         "budget": c.budget,
         "max_label_values": c.max_label_values,
@@ -587,7 +590,7 @@ def _names(value: Any, path: str) -> tuple[str, ...]:
 
 
 def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) -> CollectConfig:
-    node = _Node(raw, path).only("collectors", "interval", "budget", "max_label_values")
+    node = _Node(raw, path).only("collectors", "mode", "interval", "budget", "max_label_values")
     names = node.take("collectors", _names, defaults_for(kind))
     for i, name in enumerate(names):
         cls = COLLECTORS.get(name)
@@ -602,8 +605,9 @@ def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) ->
     if budget > c_interval:
         raise ConfigError(f"{path}.budget: must not exceed the collection interval ({c_interval:g}s)")
     cap = node.take("max_label_values", _positive_int, DEFAULT_MAX_LABEL_VALUES)
+    mode = node.take("mode", _choice(COLLECT_MODES), "auto")
     node.done()
-    return CollectConfig(collectors=names, interval=c_interval, budget=budget, max_label_values=cap)
+    return CollectConfig(collectors=names, mode=mode, interval=c_interval, budget=budget, max_label_values=cap)
 
 
 def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float, bool]:

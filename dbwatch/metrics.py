@@ -83,8 +83,15 @@ JOB_SUCCESS = MetricSpec(
 JOB_RUNS = MetricSpec(
     "dbwatch_job_runs",
     MetricType.COUNTER,
-    "Runs of a scheduled job by result (ok, error, timeout).",
+    "Runs of a scheduled job by result (ok, error, timeout; standby: database-wide work another instance does).",
     ("job", "target", "result"),
+)
+JOB_INFO = MetricSpec(
+    "dbwatch_job_info",
+    MetricType.GAUGE,
+    "Always 1 per scheduled job; scope is pod (this instance's own work) or database (database-wide work, run by"
+    " one instance per database).",
+    ("job", "target", "scope"),
 )
 JOB_SKIPPED = MetricSpec(
     "dbwatch_job_skipped",
@@ -304,6 +311,19 @@ MONITOR_BACKOFF = MetricSpec(
     "dbwatch_monitor_connection_backoff_seconds",
     MetricType.GAUGE,
     "Wait before the next attempt to reopen the monitoring connection; 0 while connected.",
+    ("target",),
+)
+DATABASE_WIDE_COLLECTING = MetricSpec(
+    "dbwatch_database_wide_collecting",
+    MetricType.GAUGE,
+    "1 on the one instance that runs the target's database-wide collectors now (it holds the advisory lock on its"
+    " monitoring session, or its collect.mode is always), 0 on the others.",
+    ("target", "mode"),
+)
+COORDINATION_TAKEOVERS = MetricSpec(
+    "dbwatch_database_wide_takeovers",
+    MetricType.COUNTER,
+    "Times this instance took the target's advisory lock and became the one that collects its database-wide work.",
     ("target",),
 )
 PG_SESSIONS = MetricSpec(

@@ -22,6 +22,7 @@ import structlog
 
 from dbwatch import metrics as m
 from dbwatch.config import Target
+from dbwatch.coordination import TRY_LOCK_SQL, Coordinator, Standby, keepalive_bound, keepalive_settings
 from dbwatch.errors import Reason, classify
 from dbwatch.probes.pgbouncer import connect_pgbouncer
 from dbwatch.probes.postgres import connect_kwargs
@@ -61,14 +62,19 @@ async def _connect_postgres(target: Target, timeout: float) -> Any:
     # pg_activity collector reads it as the server's own; a startup-packet value would take its place.
     settings = session_settings(target)
     statement_timeout = settings.pop("statement_timeout")
-    kwargs = connect_kwargs(target, timeout, settings=settings)
+    # TCP keepalives on the server's side of the session bound how long a holder cut off by the network keeps the
+    # advisory lock (coordination.py); tcp_user_timeout (PostgreSQL 12+) is SET below, as it is unknown before.
+    kwargs = connect_kwargs(target, timeout, settings={**settings, **keepalive_settings(target)})
     # The collectors' few statements are prepared once per connection and re-executed: the server skips parse
     # and plan on every collection (a third of the backend CPU of pg_activity). So a postgres target must be the
     # server itself, not a transaction-pooling pgbouncer in front of it (use a `pgbouncer` target for that).
     kwargs["statement_cache_size"] = PREPARED_STATEMENTS
     conn = await asyncpg.connect(**kwargs)
+    sets = f"SET statement_timeout = {int(statement_timeout)}"
+    if conn.get_server_version().major >= 12:
+        sets += f"; SET tcp_user_timeout = {int(keepalive_bound(target) * 1000)}"
     try:
-        await conn.execute(f"SET statement_timeout = {int(statement_timeout)}", timeout=timeout)
+        await conn.execute(sets, timeout=timeout)
     except BaseException:
         conn.terminate()
         raise
@@ -112,8 +118,15 @@ _CONNECTORS: Final[dict[str, Callable[[Target, float], Awaitable[Any]]]] = {
 class MonitorConnection:
     """One target's monitoring connection: opened on first use, shared under a lock, reopened with backoff."""
 
-    def __init__(self, target: Target, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        target: Target,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self._target = target
+        self._coordinator = coordinator
         self._store = store
         self._clock = clock
         self._connect = _CONNECTORS[target.kind]
@@ -138,6 +151,12 @@ class MonitorConnection:
             conn = await self._ensure()
             try:
                 yield conn
+            except asyncio.CancelledError:
+                # The budget ran out with no answer (or shutdown). A lock holder drops such a session at once: if the
+                # network cut it off, its series go now, and the server's keepalives free the lock for another.
+                if self._coordinator is not None:
+                    _abort(conn)
+                raise
             except _KEEPS_CONNECTION:
                 raise
             except BaseException:
@@ -153,6 +172,8 @@ class MonitorConnection:
             return self._conn
         if self._conn is not None:
             self._lost()
+        if self._coordinator is not None and not self._coordinator.may_connect():
+            raise Standby("another instance collects this database")
         now = self._clock()
         if now < self._next_attempt:
             raise MonitorDown("monitoring connection down; next attempt pending") from self._last_error
@@ -165,6 +186,8 @@ class MonitorConnection:
         except Exception as exc:
             self._failed(exc)
             raise
+        if self._coordinator is not None:
+            await self._take_lock(conn)
         self._conn = conn
         self._store.inc(m.MONITOR_ATTEMPTS, (self.name, "ok"))
         self._store.set(self._source, m.MONITOR_UP, (self.name,), 1.0)
@@ -178,6 +201,23 @@ class MonitorConnection:
         self._last_error = None
         self._ever_connected = True
         return conn
+
+    async def _take_lock(self, conn: Any) -> None:
+        """Try the advisory lock on a new session; one that is not to collect is closed again (no session held)."""
+        assert self._coordinator is not None
+        try:
+            got = bool(await conn.fetchval(TRY_LOCK_SQL, timeout=self._target.collect.budget))
+        except BaseException as exc:
+            _abort(conn)
+            if isinstance(exc, Exception):
+                self._failed(exc)
+            raise
+        self._coordinator.acquired(got)
+        if not self._coordinator.holder:
+            await _close(conn, 2.0)
+            raise Standby("another instance holds the lock")
+        if got:
+            log.info("database_wide_lock_taken", target=self.name, mode=self._coordinator.mode)
 
     def _failed(self, exc: BaseException) -> None:
         reason = classify(exc)
@@ -199,6 +239,8 @@ class MonitorConnection:
         self._conn = None
         self._store.inc(m.MONITOR_LOST, (self.name,))
         self._store.set(self._source, m.MONITOR_UP, (self.name,), 0.0)
+        if self._coordinator is not None:
+            self._coordinator.released()
         log.warning("monitor_connection_lost", target=self.name)
 
     async def close(self) -> None:
@@ -207,6 +249,8 @@ class MonitorConnection:
         if conn is not None and not _is_closed(conn):
             await _close(conn, 2.0)
         self._store.set(self._source, m.MONITOR_UP, (self.name,), 0.0)
+        if self._coordinator is not None:
+            self._coordinator.released()
 
 
 class Monitors:
@@ -215,13 +259,24 @@ class Monitors:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._by_target: dict[str, MonitorConnection] = {}
+        self._coordinators: dict[str, Coordinator] = {}
 
     def get(self, target: Target) -> MonitorConnection:
         """The target's one connection (created on first ask)."""
         mc = self._by_target.get(target.name)
         if mc is None:
-            mc = self._by_target[target.name] = MonitorConnection(target, self._store)
+            coordinator = self.coordinator(target)
+            mc = self._by_target[target.name] = MonitorConnection(target, self._store, coordinator=coordinator)
         return mc
+
+    def coordinator(self, target: Target) -> Coordinator | None:
+        """The target's share of the database-wide work: postgres targets that collect (pgbouncer has no locks)."""
+        if target.kind != "postgres" or not target.collect.collectors or target.collect.mode == "never":
+            return None
+        c = self._coordinators.get(target.name)
+        if c is None:
+            c = self._coordinators[target.name] = Coordinator(target, self._store)
+        return c
 
     async def close(self) -> None:
         """Close every connection."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from dbwatch import metrics as m
+from dbwatch.coordination import Standby
 from dbwatch.errors import Reason, classify
 from dbwatch.store import Store
 
@@ -67,7 +69,7 @@ class Scheduler:
         for job in self._jobs:
             key = (job.job, job.target)
             self._first_run[key] = asyncio.Event()
-            for result in ("ok", "error", "timeout"):
+            for result in ("ok", "error", "timeout", "standby"):
                 self._store.inc(m.JOB_RUNS, (*key, result), 0)
             self._store.inc(m.JOB_SKIPPED, key, 0)
             self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.job}:{job.target}"))
@@ -106,6 +108,12 @@ class Scheduler:
             try:
                 async with deadline:
                     await job.run()
+            except Standby:
+                # Database-wide work another instance does: not a failure, and nothing of this run to show.
+                self._store.inc(m.JOB_RUNS, (*key, "standby"))
+                self._first_run[key].set()
+                next_at = await self._sleep(job, next_at)
+                continue
             except TimeoutError:
                 result, reason = "timeout", Reason.TIMEOUT
             except asyncio.CancelledError:
@@ -129,10 +137,23 @@ class Scheduler:
                     log.warning("job_failed", job=job.job, target=job.target, reason=str(reason))
                 failing = reason
             self._first_run[key].set()
-            next_at += job.interval
-            now = time.monotonic()
-            if now > next_at:  # overran: skip the missed ticks rather than run back to back
-                missed = int((now - next_at) // job.interval) + 1
-                self._store.inc(m.JOB_SKIPPED, key, missed)
-                next_at += missed * job.interval
+            next_at = await self._sleep(job, next_at)
+
+    async def _sleep(self, job: Job, next_at: float) -> float:
+        """Wait for the job's next tick (or its wake event, then run at once); return the tick after this one."""
+        next_at += job.interval
+        now = time.monotonic()
+        if now > next_at:  # overran: skip the missed ticks rather than run back to back
+            missed = int((now - next_at) // job.interval) + 1
+            self._store.inc(m.JOB_SKIPPED, (job.job, job.target), missed)
+            next_at += missed * job.interval
+        wake: asyncio.Event | None = getattr(job, "wake", None)
+        if wake is None:
             await asyncio.sleep(next_at - now)
+            return next_at
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(next_at - now):
+                await wake.wait()
+                wake.clear()
+                return time.monotonic()  # woken: this run starts the job's new schedule
+        return next_at

@@ -88,8 +88,10 @@ READINESS = web.AppKey("readiness", Readiness)
 
 def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -> list[Job]:
     """Every scheduled job the config asks for; collectors share one monitoring connection per target."""
-    jobs: list[Job] = [ProbeJob(t, store) for t in config.targets]
-    jobs += collector_jobs(config.targets, store, monitors or Monitors(store))
+    monitors = monitors or Monitors(store)
+    # Each probe carries its target's lock check, so instances without the lock need no session of their own.
+    jobs: list[Job] = [ProbeJob(t, store, rider=monitors.coordinator(t)) for t in config.targets]
+    jobs += collector_jobs(config.targets, store, monitors)
     return jobs
 
 

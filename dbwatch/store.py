@@ -104,6 +104,16 @@ class Store:
         series[labels] = series.get(labels, 0.0) + amount
         self._touch(spec, _part_of(spec)(labels))
 
+    def forget(self, spec: MetricSpec, labels: Labels) -> None:
+        """Remove one counter series (its source stopped reporting it here, e.g. another instance collects it)."""
+        series = self._counters.get(spec, {})
+        if series.pop(labels, None) is None:
+            return
+        if not series:
+            del self._counters[spec]
+        part = _part_of(spec)
+        self._touch(spec, part(labels), gone=not any(part(other) == part(labels) for other in series))
+
     def observe(self, spec: MetricSpec, labels: Labels, value: float) -> None:
         """Record one observation in a histogram."""
         _check(spec, labels, MetricType.HISTOGRAM)

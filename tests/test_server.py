@@ -225,7 +225,9 @@ async def test_cached_exposition_equals_a_full_render_and_renders_only_what_chan
         reg.register(StoreCollector(store))  # type: ignore[arg-type]
         return generate_latest(reg).decode()
 
-    async with running({"targets": [t("a", pg.dsn), t("b", pg.dsn)]}) as d:
+    # Two targets on one database: `always`, as `auto` would collect its database-wide work for one of them only.
+    both = {"collect": {"mode": "always"}}
+    async with running({"targets": [t("a", pg.dsn, **both), t("b", pg.dsn, **both)]}) as d:
         await eventually(lambda: d.store.gauge_value(m.PG_CONNECTIONS_USED_RATIO, ("b",)) is not None, timeout=10)
         d.stop.set()  # freeze the store: the daemon stops, its store stays
     store = d.store

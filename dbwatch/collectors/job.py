@@ -9,9 +9,11 @@ from collections.abc import Iterable
 import asyncpg
 import psycopg
 
+from dbwatch import metrics as m
 from dbwatch.collectors import COLLECTORS, Collector, Scope
 from dbwatch.config import Target
-from dbwatch.metrics import MetricType
+from dbwatch.coordination import Coordinator
+from dbwatch.metrics import MetricSpec, MetricType
 from dbwatch.monconn import MonitorConnection, Monitors
 from dbwatch.store import Labels, Sample, Store
 
@@ -27,10 +29,23 @@ class CollectorJob:
     The scheduler never overlaps runs of one job, and all jobs of a target queue on its one connection, so a slow
     server gets at most one dbwatch statement at a time. Gauges replace the job's last snapshot; counters follow
     the server's cumulative values (a server-side reset continues from the new value, never goes down).
+
+    The work is database-wide: with a coordinator, only the instance holding the lock collects; the others raise
+    Standby and expose none of the job's series, so each appears once across all instances.
     """
 
-    def __init__(self, target: Target, collector: Collector, monitor: MonitorConnection, store: Store) -> None:
+    def __init__(
+        self,
+        target: Target,
+        collector: Collector,
+        monitor: MonitorConnection,
+        store: Store,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self._collector = collector
+        self._coordinator = coordinator
+        # Set by the coordinator when a probe saw the lock free: the scheduler runs the job at once.
+        self.wake = coordinator.waker() if coordinator is not None else None
         self._monitor = monitor
         self._store = store
         self.job = collector.name
@@ -39,7 +54,7 @@ class CollectorJob:
         self.timeout = target.collect.budget
         self._stale_after = target.stale_after
         self._last_ok: float | None = None
-        self._last_counts: dict[tuple[str, Labels], float] = {}
+        self._last_counts: dict[tuple[MetricSpec, Labels], float] = {}
 
     async def run(self) -> None:
         """Collect once within the budget; keep the last snapshot on failure until it goes stale."""
@@ -48,7 +63,9 @@ class CollectorJob:
                 async with self._monitor.use() as conn:
                     samples = await self._collector.collect(conn, self.timeout)
         except BaseException as exc:
-            if self._last_ok is not None and time.monotonic() - self._last_ok > self._stale_after:
+            if self._coordinator is not None and not self._coordinator.holder:
+                self._forget()  # another instance collects now (or will): its series, not ours
+            elif self._last_ok is not None and time.monotonic() - self._last_ok > self._stale_after:
                 self._store.drop((self.job, self.target))
             if isinstance(exc, asyncpg.PostgresError | psycopg.Error) and exc.sqlstate in _SERVER_TIMEOUTS:
                 raise TimeoutError("collection cut short by the server's statement/lock timeout") from exc
@@ -56,13 +73,20 @@ class CollectorJob:
         self._record(samples)
         self._last_ok = time.monotonic()
 
+    def _forget(self) -> None:
+        self._store.drop((self.job, self.target))
+        for spec, labels in self._last_counts:
+            self._store.forget(spec, labels)
+        self._last_counts.clear()
+        self._last_ok = None
+
     def _record(self, samples: Iterable[Sample]) -> None:
         gauges: list[Sample] = []
         for s in samples:
             if s.metric.type is MetricType.GAUGE:
                 gauges.append(s)
                 continue
-            key = (s.metric.name, s.labels)
+            key = (s.metric, s.labels)
             prev = self._last_counts.get(key)
             self._store.inc(s.metric, s.labels, s.value if prev is None or s.value < prev else s.value - prev)
             self._last_counts[key] = s.value
@@ -70,9 +94,17 @@ class CollectorJob:
 
 
 def collector_jobs(targets: Iterable[Target], store: Store, monitors: Monitors) -> list[CollectorJob]:
-    """One job per (target, collector) the config enables; a target's jobs share its monitoring connection."""
+    """One job per (target, collector) the config enables; a target's jobs share its monitoring connection.
+
+    `collect.mode: never` runs none (a central dbwatch collects that database).
+    """
     jobs: list[CollectorJob] = []
     for t in targets:
+        if t.collect.mode == "never":
+            continue
         scope = Scope(target=t.name, max_label_values=t.collect.max_label_values)
-        jobs += [CollectorJob(t, COLLECTORS[name](scope), monitors.get(t), store) for name in t.collect.collectors]
+        coordinator = monitors.coordinator(t)
+        for name in t.collect.collectors:
+            store.set(("info", t.name), m.JOB_INFO, (name, t.name, "database"), 1)
+            jobs.append(CollectorJob(t, COLLECTORS[name](scope), monitors.get(t), store, coordinator))
     return jobs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -16,7 +17,7 @@ from dbwatch.probes.http_login import HttpLoginProbe, LoginReason, classify_logi
 from dbwatch.probes.pgbouncer import PHASES as PGBOUNCER_PHASES
 from dbwatch.probes.pgbouncer import probe_pgbouncer
 from dbwatch.probes.postgres import PHASES as PG_PHASES
-from dbwatch.probes.postgres import probe_postgres
+from dbwatch.probes.postgres import Rider, probe_postgres
 from dbwatch.store import Store, TargetStatus
 
 __all__ = ["KINDS", "Kind", "Probe", "ProbeJob"]
@@ -29,18 +30,18 @@ class Probe(Protocol):
 
 
 class Kind(NamedTuple):
-    """One probe kind: how to make its probe for a target, its phases, and its closed reason set."""
+    """One probe kind: how to make its probe for a target (and a rider), its phases, and its closed reason set."""
 
-    make: Callable[[Target], Probe]
+    make: Callable[[Target, Rider | None], Probe]
     phases: tuple[str, ...]
     reasons: type[StrEnum]
     classify: Callable[[BaseException], StrEnum]
 
 
 KINDS: dict[str, Kind] = {
-    "postgres": Kind(lambda t: probe_postgres, PG_PHASES, Reason, classify),
-    "http_login": Kind(HttpLoginProbe, LOGIN_PHASES, LoginReason, classify_login),
-    "pgbouncer": Kind(lambda t: probe_pgbouncer, PGBOUNCER_PHASES, Reason, classify),
+    "postgres": Kind(lambda t, r: functools.partial(probe_postgres, rider=r), PG_PHASES, Reason, classify),
+    "http_login": Kind(lambda t, r: HttpLoginProbe(t), LOGIN_PHASES, LoginReason, classify_login),
+    "pgbouncer": Kind(lambda t, r: probe_pgbouncer, PGBOUNCER_PHASES, Reason, classify),
 }
 
 
@@ -49,12 +50,18 @@ class ProbeJob:
 
     job = "probe"
 
-    def __init__(self, target: Target, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        target: Target,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        rider: Rider | None = None,
+    ) -> None:
         self._t = target
         self._store = store
         self._clock = clock
         kind = KINDS[target.kind]
-        self._probe = kind.make(target)
+        self._probe = kind.make(target, rider)
         self._classify = kind.classify
         self._timeout_reason = kind.reasons("timeout")  # every kind's closed set has one
         self.target = target.name
@@ -69,6 +76,7 @@ class ProbeJob:
             store.inc(m.PROBE_FAILURES, (target.name, reason.value), 0)
         for phase in kind.phases:
             store.touch_histogram(m.PROBE_DURATION, (target.name, phase))
+        store.set(("info", target.name), m.JOB_INFO, (self.job, target.name, "pod"), 1)
 
     def classify(self, exc: BaseException) -> StrEnum:
         """This kind's reason for a failure; the scheduler logs with it."""

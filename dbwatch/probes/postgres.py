@@ -13,16 +13,28 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import asyncpg
 
 from dbwatch.config import Target
 
-__all__ = ["APPLICATION_NAME", "PHASES", "connect_kwargs", "probe_postgres"]
+__all__ = ["APPLICATION_NAME", "PHASES", "Rider", "connect_kwargs", "probe_postgres"]
 
 APPLICATION_NAME: Final = "dbwatch"
 PHASES: Final = ("connect", "startup", "query")
+
+
+class Rider(Protocol):
+    """Something that reads a few columns in the probe's one statement instead of a second connection of its own."""
+
+    def columns(self) -> str | None:
+        """The select-list to add now (column names unique across riders), or None."""
+        ...
+
+    def seen(self, row: Mapping[str, Any]) -> None:
+        """The probe's row (only after a successful probe)."""
+        ...
 
 
 class _TimedLoop:
@@ -72,16 +84,27 @@ def connect_kwargs(target: Target, timeout: float, *, settings: Mapping[str, str
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-async def probe_postgres(target: Target, timeout: float) -> dict[str, float]:
-    """Connect, run `SELECT 1` over the simple protocol (one round trip), close; seconds per phase."""
+async def probe_postgres(target: Target, timeout: float, rider: Rider | None = None) -> dict[str, float]:
+    """Connect, run one statement, close; seconds per phase.
+
+    The statement is `SELECT 1` over the simple protocol (one round trip), or, when a rider asks for columns (the
+    database-wide lock check), a SELECT of them: the probe's connection answers it, no second connection is opened.
+    """
     loop = _TimedLoop(asyncio.get_running_loop())
+    columns = rider.columns() if rider is not None else None
     t0 = time.perf_counter()
     conn = await asyncpg.connect(loop=loop, **connect_kwargs(target, timeout))
     t1 = time.perf_counter()
+    row = None
     try:
-        await conn.execute("SELECT 1")
+        if columns is None:
+            await conn.execute("SELECT 1")
+        else:
+            row = await conn.fetchrow("SELECT " + columns, timeout=timeout)
         t2 = time.perf_counter()
     finally:
         await conn.close(timeout=timeout)
+    if rider is not None and row is not None:
+        rider.seen(dict(row))
     connect = loop.connect_seconds if loop.connect_seconds is not None else 0.0
     return {"connect": connect, "startup": max(0.0, (t1 - t0) - connect), "query": t2 - t1}

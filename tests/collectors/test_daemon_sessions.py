@@ -45,9 +45,9 @@ async def test_concurrent_scrapes_never_query_nor_connect(pg_factory) -> None:
                 )
             )
             before_all, before_monitor = statements(pg.cluster.logfile), statements(pg.cluster.logfile, monitor)
-            # One SET statement_timeout when the session opened, then exactly one statement per collection each
-            # for pg_activity and pg_database.
-            assert before_monitor == 1 + runs("pg_activity") + runs("pg_database") == 3
+            # When the session opened: one SET (statement_timeout, tcp_user_timeout) and the advisory lock; then
+            # exactly one statement per collection each for pg_activity and pg_database.
+            assert before_monitor == 2 + runs("pg_activity") + runs("pg_database") == 4
             bodies = await asyncio.gather(*(d.metrics() for _ in range(200)))
             assert all("dbwatch_pg_sessions{" in b for b in bodies)
             assert statements(pg.cluster.logfile) == before_all

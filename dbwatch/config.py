@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT: Final = 9839
+DEFAULT_MAX_SERIES: Final = 100_000
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)  # noqa: S104 - a sidecar is scraped from outside its pod
 TARGET_KINDS: Final = ("postgres", "http_login", "pgbouncer")
 COLLECT_MODES: Final = ("auto", "always", "never")
@@ -151,6 +152,9 @@ class HookConfig:
     max_workers: int = 256
     max_routes: int = 200
     max_label_values: int = 50
+    # Per-worker state: one entry per series a worker reports (its last totals, to turn them into increments).
+    max_worker_series: int = 2000
+    max_tracked_series: int = 50_000  # the same, summed over every live worker of every app
 
 
 SLI_KINDS: Final = ("availability", "latency")
@@ -252,6 +256,7 @@ class Config:
     hook: HookConfig | None = None
     slos: tuple[SLO, ...] = ()
     logs: LogsConfig = field(default_factory=LogsConfig)
+    max_series: int = DEFAULT_MAX_SERIES  # series /metrics may hold from the store (a histogram label set: buckets + 3)
 
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
@@ -266,6 +271,7 @@ class Config:
         return {
             "listen": f"{self.listen[0]}:{self.listen[1]}",
             "log": {"level": self.log.level, "format": self.log.format},
+            "max_series": self.max_series,
             "targets": [
                 {
                     "name": t.name,
@@ -347,6 +353,8 @@ def _hook_redacted(h: HookConfig) -> dict[str, Any]:
         "max_workers": h.max_workers,
         "max_routes": h.max_routes,
         "max_label_values": h.max_label_values,
+        "max_worker_series": h.max_worker_series,
+        "max_tracked_series": h.max_tracked_series,
     }
 
 
@@ -847,6 +855,8 @@ _HOOK_KEYS: Final = (
     "max_workers",
     "max_routes",
     "max_label_values",
+    "max_worker_series",
+    "max_tracked_series",
 )
 
 
@@ -882,6 +892,8 @@ def _hook(raw: Any, path: str) -> HookConfig:
         max_workers=node.take("max_workers", _int_between(1, 10000), d.max_workers),
         max_routes=node.take("max_routes", _int_between(1, 10000), d.max_routes),
         max_label_values=node.take("max_label_values", _int_between(1, 1000), d.max_label_values),
+        max_worker_series=node.take("max_worker_series", _int_between(100, 1_000_000), d.max_worker_series),
+        max_tracked_series=node.take("max_tracked_series", _int_between(100, 10_000_000), d.max_tracked_series),
     )
     node.done()
     return hook
@@ -1120,9 +1132,10 @@ def _logs(raw: Any, path: str) -> LogsConfig:
 def from_mapping(raw: object) -> Config:
     """Validate already-parsed YAML into a Config."""
     node = _Node(raw if raw is not None else {}, "").only(
-        "listen", "log", "defaults", "targets", "hook", "slos", "logs"
+        "listen", "log", "defaults", "targets", "hook", "slos", "logs", "max_series"
     )
     listen = node.take("listen", _listen, DEFAULT_LISTEN)
+    max_series = node.take("max_series", _int_between(100, 10_000_000), DEFAULT_MAX_SERIES)
     log_node = _Node(node.take("log", lambda v, p: v, {}), "log").only("level", "format")
     log = LogConfig(
         level=log_node.take("level", _choice(LOG_LEVELS), "info"),
@@ -1160,7 +1173,9 @@ def from_mapping(raw: object) -> Config:
         if src.target is not None and src.target not in by_name:
             raise ConfigError(f"logs.sources[{i}].target: no target named {src.target!r}")
     node.done()
-    return Config(listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs)
+    return Config(
+        listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs, max_series=max_series
+    )
 
 
 def read_yaml(path: str | Path, what: str = "config") -> object:

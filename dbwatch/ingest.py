@@ -18,6 +18,7 @@ import re
 import socket
 import stat
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
@@ -47,6 +48,7 @@ RESULTS: Final = (
 _CLASS_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,79}$")
 _ROUTE_RE: Final = re.compile(rf"^[\x21-\x7e]{{1,{wire.MAX_ROUTE_LEN}}}$")
 _CATEGORIES: Final = frozenset(c.value for c in Category)
+_ZEROS: Final = array("d", [0.0] * (len(wire.LAYOUTS["request"]) + 2))
 _MAX_ROWS: Final = 5000  # request/exception rows in one datagram; 64 KiB cannot hold more anyway
 _COUNTER_SPECS: Final = {
     "checkouts": m.APP_POOL_CHECKOUTS,
@@ -54,6 +56,8 @@ _COUNTER_SPECS: Final = {
     "resets": m.APP_POOL_RESETS,
     "checkout_timeouts": m.APP_POOL_CHECKOUT_TIMEOUTS,
 }
+# Keys of an engine's counters in a worker's state (`_engine_counts`).
+_ENGINE_COUNTER_KEYS: Final = (*_COUNTER_SPECS, "connects_ok", "connects_error", "inv_hard", "inv_soft")
 _HIST_SPECS: Final = {
     "checkout_wait": m.APP_POOL_CHECKOUT_WAIT,
     "connect": m.APP_POOL_CONNECT_DURATION,
@@ -110,6 +114,7 @@ class Ingest:
         self._apps: dict[str, _App] = {}
         self._token = config.token.reveal().encode() if config.token else None
         self._logged: set[str] = set()  # rejection results already logged: each kind once, all counted
+        self._tracked = 0  # state entries over all live workers (hook.max_tracked_series)
         for r in RESULTS:
             store.inc(m.HOOK_DATAGRAMS, (r,), 0)
 
@@ -191,15 +196,20 @@ class Ingest:
             for reason in wire.DROP_REASONS:
                 self._store.inc(m.APP_HOOK_DROPPED, (app_name, reason), 0)
         w = app.workers.get(worker_id)
+        if w is None and len(app.workers) >= self.config.max_workers:
+            raise Rejected("over_limit", "workers")
+        if engines and len(app.engines | {e["engine"] for e in engines}) > self.config.max_engines:
+            raise Rejected("over_limit", "engines")
+        added = self._new_keys(w, engines, requests, exceptions)
+        if added:
+            if (len(w.last) if w else 0) + added > self.config.max_worker_series:
+                raise Rejected("over_limit", "worker series")
+            if self._tracked + added > self.config.max_tracked_series:
+                raise Rejected("over_limit", "tracked series")
         if w is None:
-            if len(app.workers) >= self.config.max_workers:
-                raise Rejected("over_limit", "workers")
-            if engines and len(app.engines | {e["engine"] for e in engines}) > self.config.max_engines:
-                raise Rejected("over_limit", "engines")
             w = app.workers[worker_id] = _Worker(seen=self._clock())
             log.info("hook_worker_joined", app=app_name, worker=worker_id)
-        elif engines and len(app.engines | {e["engine"] for e in engines}) > self.config.max_engines:
-            raise Rejected("over_limit", "engines")
+        held = len(w.last)
         w.seen = self._clock()
         for reason, n in dropped.items():
             self._inc(w, ("d", reason), n, m.APP_HOOK_DROPPED, (app_name, reason))
@@ -213,16 +223,36 @@ class Ingest:
             key = ("r", route, method, sc)
             prev = w.last.get(key)
             if prev is None:
-                prev = [0] * (len(counts) + 1)
-            delta = [max(0, c - p) for c, p in zip(counts, prev, strict=False)]
+                prev = _ZEROS[: len(counts) + 1]
+            delta = [max(0, c - int(p)) for c, p in zip(counts, prev, strict=False)]
             dsum = max(0.0, total - prev[-1]) if sum(delta) else 0.0
-            w.last[key] = [max(c, p) for c, p in zip(counts, prev, strict=False)] + [max(total, prev[-1])]
+            # Totals as doubles in one array (exact below 2**53, which _count enforces): half the size of a list.
+            w.last[key] = array("d", [*(max(c, p) for c, p in zip(counts, prev, strict=False)), max(total, prev[-1])])
             self._store.add_histogram(m.APP_REQUEST_DURATION, (app_name, label, method, sc), delta, dsum)
         for route, exc_name, cat, n in exceptions:
             label = self._bounded(app.routes, route, self.config.max_routes)
             name = self._bounded(app.names, exc_name, self.config.max_label_values)
             self._inc(w, ("x", route, exc_name, cat), n, m.APP_EXCEPTIONS, (app_name, label, name, cat))
+        self._tracked += len(w.last) - held
         self._publish(app_name, app)  # also for a middleware-only worker: it counts in dbwatch_app_hook_workers
+
+    @staticmethod
+    def _new_keys(
+        w: _Worker | None,
+        engines: list[dict[str, Any]] | None,
+        requests: list[tuple[str, str, str, list[int], float]],
+        exceptions: list[tuple[str, str, str, int]],
+    ) -> int:
+        """How many state entries the datagram would add to its worker (the keys `_apply` creates in `w.last`)."""
+        keys: set[tuple[Any, ...]] = {("d", reason) for reason in wire.DROP_REASONS}
+        for e in engines or ():
+            eng = e["engine"]
+            keys.update(("c", eng, k) for k in _ENGINE_COUNTER_KEYS)
+            keys.update(("h", eng, h) for h in _HIST_SPECS)
+            keys.update(("e", eng, err) for err in e["errors"])
+        keys.update(("r", route, method, sc) for route, method, sc, _, _ in requests)
+        keys.update(("x", route, name, cat) for route, name, cat, _ in exceptions)
+        return len(keys) if w is None else sum(k not in w.last for k in keys)
 
     def _engine_counts(self, app_name: str, app: _App, w: _Worker, e: dict[str, Any]) -> None:
         eng = e["engine"]
@@ -306,7 +336,7 @@ class Ingest:
         for app_name, app in self._apps.items():
             stale = [wid for wid, w in app.workers.items() if w.seen < cutoff]
             for wid in stale:
-                del app.workers[wid]
+                self._tracked -= len(app.workers.pop(wid).last)
                 log.info("hook_worker_expired", app=app_name, worker=wid)
             if stale:
                 gone += len(stale)
@@ -316,6 +346,11 @@ class Ingest:
     def workers(self, app: str) -> int:
         """Live workers of an app (tests and self-checks)."""
         return len(self._apps[app].workers) if app in self._apps else 0
+
+    @property
+    def tracked_series(self) -> int:
+        """State entries held over all live workers (tests and self-checks)."""
+        return self._tracked
 
 
 def _no_constant(name: str) -> None:

@@ -113,6 +113,18 @@ TARGET_INFO = MetricSpec(
     "Always 1 per configured target; labels carry its kind and whether it is critical.",
     ("target", "kind", "critical"),
 )
+SERIES_DROPPED = MetricSpec(
+    "dbwatch_series_dropped",
+    MetricType.COUNTER,
+    "New label sets not created because the store held max_series series, by metric family.",
+    ("metric",),
+)
+HTTP_REJECTED = MetricSpec(
+    "dbwatch_http_rejected",
+    MetricType.COUNTER,
+    "HTTP connections or requests refused by a server bound (connection_limit, header_timeout, auth_busy).",
+    ("reason",),
+)
 LOG_SOURCE_INFO = MetricSpec(
     "dbwatch_log_source_info",
     MetricType.GAUGE,

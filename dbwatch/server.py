@@ -99,11 +99,15 @@ def build_app(
     config: Config, store: Store | None = None, jitter: float = 1.0, web_config: WebConfig | None = None
 ) -> web.Application:
     """The aiohttp app; its cleanup context starts the scheduler and stops it on shutdown."""
-    store = store or Store()
+    store = store or Store(max_series=config.max_series)
     monitors = Monitors(store)
     scheduler = Scheduler(store, build_jobs(config, store, monitors), jitter=jitter)
+
+    def auth_busy() -> None:
+        store.inc(m.HTTP_REJECTED, ("auth_busy",))
+
     # Basic auth and client certificates from --web.config.file guard every route (health ones optionally open).
-    app = web.Application(middlewares=[web_config.middleware()] if web_config else [])
+    app = web.Application(middlewares=[web_config.middleware(on_busy=auth_busy)] if web_config else [])
     app[STORE] = store
     app[SCHEDULER] = scheduler
     app[SCRAPE] = Scrape(store)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, 
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,9 +17,11 @@ from prometheus_client.core import (
     Metric,
 )
 
-from dbwatch.metrics import MetricSpec, MetricType
+from dbwatch.metrics import SERIES_DROPPED, MetricSpec, MetricType
 
-__all__ = ["Exposition", "Sample", "Store", "StoreCollector", "TargetStatus"]
+__all__ = ["Exposition", "Sample", "Store", "StoreCollector", "TargetStatus", "series_cost"]
+
+log = structlog.get_logger("dbwatch.store")
 
 Labels = tuple[str, ...]
 
@@ -50,10 +53,23 @@ class TargetStatus:
     up: bool = False
 
 
+def series_cost(spec: MetricSpec) -> int:
+    """Exposed series (sample lines) one label set of a family makes: a histogram's buckets, +Inf, _sum, _count."""
+    return len(spec.buckets) + 3 if spec.type is MetricType.HISTOGRAM else 1
+
+
 @dataclass(slots=True)
 class Store:
-    """In-memory metric state: gauge snapshots per source, cumulative counters and histograms."""
+    """In-memory metric state: gauge snapshots per source, cumulative counters and histograms.
 
+    `max_series` is a budget on the series the store exposes (histogram label sets count every bucket line): a
+    new label set that would go over it is not created; it is counted in `dbwatch_series_dropped_total{metric}`
+    (outside the budget, one series per family at most) and the first one is logged. Existing series keep
+    updating, and series that go (a gauge snapshot replaced, a source dropped) give their room back.
+    """
+
+    max_series: int | None = None
+    _series: int = 0
     _snapshots: dict[tuple[str, str], dict[MetricSpec, dict[Labels, float]]] = field(default_factory=dict)
     _counters: dict[MetricSpec, dict[Labels, float]] = field(default_factory=dict)
     _hists: dict[MetricSpec, dict[Labels, _Hist]] = field(default_factory=dict)
@@ -73,13 +89,42 @@ class Store:
         else:
             parts[part] = self.version
 
+    def _admit(self, spec: MetricSpec) -> bool:
+        """Room for one more label set of `spec` within max_series? Takes the room when there is."""
+        cost = series_cost(spec)
+        if self.max_series is not None and self._series + cost > self.max_series:
+            series = self._counters.setdefault(SERIES_DROPPED, {})
+            if not series:
+                log.warning("series_budget_reached", max_series=self.max_series, metric=spec.name)
+            series[(spec.name,)] = series.get((spec.name,), 0.0) + 1
+            self._touch(SERIES_DROPPED, spec.name)
+            return False
+        self._series += cost
+        return True
+
+    @property
+    def series(self) -> int:
+        """Series the store holds, as counted against max_series."""
+        return self._series
+
     def replace(self, source: tuple[str, str], samples: Iterable[Sample]) -> None:
         """Swap in a new gauge snapshot for (job, target); series gone from it disappear."""
+        old = self._snapshots.get(source, {})
+        self._series -= sum(len(v) for v in old.values())
         snap: dict[MetricSpec, dict[Labels, float]] = {}
+        fresh: list[Sample] = []
         for s in samples:
             _check(s.metric, s.labels, MetricType.GAUGE)
-            snap.setdefault(s.metric, {})[s.labels] = s.value
-        old = self._snapshots.get(source, {})
+            if s.labels in old.get(s.metric, ()):  # series already held keep their room before new ones take any
+                snap.setdefault(s.metric, {})[s.labels] = s.value
+            else:
+                fresh.append(s)
+        self._series += sum(len(v) for v in snap.values())
+        for s in fresh:
+            series = snap.setdefault(s.metric, {})
+            if s.labels in series or self._admit(s.metric):
+                series[s.labels] = s.value
+        snap = {spec: series for spec, series in snap.items() if series}
         self._snapshots[source] = snap
         for spec in old.keys() | snap.keys():
             self._touch(spec, source, gone=spec not in snap)
@@ -87,12 +132,16 @@ class Store:
     def set(self, source: tuple[str, str], spec: MetricSpec, labels: Labels, value: float) -> None:
         """Set one gauge inside a source's snapshot, keeping the rest of it."""
         _check(spec, labels, MetricType.GAUGE)
-        self._snapshots.setdefault(source, {}).setdefault(spec, {})[labels] = value
+        series = self._snapshots.setdefault(source, {}).setdefault(spec, {})
+        if labels not in series and not self._admit(spec):
+            return
+        series[labels] = value
         self._touch(spec, source)
 
     def drop(self, source: tuple[str, str]) -> None:
         """Forget a source's gauges (a target removed, a worker expired)."""
-        for spec in self._snapshots.pop(source, {}):
+        for spec, series in self._snapshots.pop(source, {}).items():
+            self._series -= len(series)
             self._touch(spec, source, gone=True)
 
     def inc(self, spec: MetricSpec, labels: Labels, amount: float = 1.0) -> None:
@@ -101,7 +150,12 @@ class Store:
         if amount < 0:
             raise ValueError("counters only go up")
         series = self._counters.setdefault(spec, {})
-        series[labels] = series.get(labels, 0.0) + amount
+        value = series.get(labels)
+        if value is None:
+            if not self._admit(spec):
+                return
+            value = 0.0
+        series[labels] = value + amount
         self._touch(spec, _part_of(spec)(labels))
 
     def forget(self, spec: MetricSpec, labels: Labels) -> None:
@@ -118,6 +172,8 @@ class Store:
         """Record one observation in a histogram."""
         _check(spec, labels, MetricType.HISTOGRAM)
         h = self._hist(spec, labels)
+        if h is None:
+            return
         i = bisect.bisect_left(spec.buckets, value)
         if i < len(h.counts) - 1 or value <= spec.buckets[-1]:
             h.counts[i] += 1
@@ -133,6 +189,8 @@ class Store:
         if len(counts) != len(spec.buckets) + 1:
             raise ValueError(f"{spec.name} takes {len(spec.buckets) + 1} bucket counts, got {len(counts)}")
         h = self._hist(spec, labels)
+        if h is None:
+            return
         for i, n in enumerate(counts):
             h.counts[i] += int(n)
         h.total += total
@@ -142,13 +200,16 @@ class Store:
     def touch_histogram(self, spec: MetricSpec, labels: Labels) -> None:
         """Create a histogram series with no observations, so it exists from the start."""
         _check(spec, labels, MetricType.HISTOGRAM)
-        self._hist(spec, labels)
-        self._touch(spec, _part_of(spec)(labels))
+        if self._hist(spec, labels) is not None:
+            self._touch(spec, _part_of(spec)(labels))
 
-    def _hist(self, spec: MetricSpec, labels: Labels) -> _Hist:
+    def _hist(self, spec: MetricSpec, labels: Labels) -> _Hist | None:
+        """The histogram series, created if there is room for it in max_series (else None)."""
         series = self._hists.setdefault(spec, {})
         h = series.get(labels)
         if h is None:
+            if not self._admit(spec):
+                return None
             h = series[labels] = _Hist([0] * (len(spec.buckets) + 1))
         return h
 

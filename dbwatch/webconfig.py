@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import os
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from dbwatch.config import ConfigError, _bool, _Node, _str, read_yaml
 
-__all__ = ["HEALTH_PATHS", "TLSConfig", "TLSReloader", "WebConfig", "load"]
+__all__ = ["BCRYPT_MAX_BYTES", "HEALTH_PATHS", "AuthResult", "TLSConfig", "TLSReloader", "WebConfig", "load"]
 
 log = structlog.get_logger("dbwatch.webconfig")
 
@@ -64,7 +65,8 @@ _TOOLKIT_ONLY: Final = {
 }
 _BCRYPT_RE: Final = re.compile(r"^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$")
 _UNAUTHORIZED_BODY: Final = "Unauthorized\n"
-_AUTH_CACHE_SIZE: Final = 256
+_AUTH_CACHE_SIZE: Final = 1024  # verified (user, password) pairs, good and bad, kept as HMACs
+BCRYPT_MAX_BYTES: Final = 72  # bcrypt reads at most this much of a password
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +127,12 @@ class WebConfig:
         """A watcher that loads rotated certificate files into `ctx`, or None without TLS."""
         return TLSReloader(self.tls, ctx) if self.tls is not None and ctx is not None else None
 
-    def middleware(self) -> Middleware:
-        """aiohttp middleware enforcing basic auth and a verified client certificate, and adding headers."""
+    def middleware(self, on_busy: Callable[[], None] | None = None) -> Middleware:
+        """aiohttp middleware enforcing basic auth and a verified client certificate, and adding headers.
+
+        A request whose credentials are not cached and find the bcrypt queue full gets 429 at once (`on_busy`
+        is called, for counting).
+        """
         checker = _PasswordChecker(self.users)
         need_cert = self.requires_client_cert
         open_health = self.open_health_endpoints
@@ -137,8 +143,14 @@ class WebConfig:
             if not (open_health and request.path in HEALTH_PATHS):
                 if need_cert and not _peer_cert(request):
                     return _unauthorized(headers, basic=False)
-                if checker.enabled and not await checker.check(request.headers.get("Authorization", "")):
-                    return _unauthorized(headers, basic=True)
+                if checker.enabled:
+                    result = await checker.check(request.headers.get("Authorization", ""))
+                    if result is AuthResult.BUSY:
+                        if on_busy is not None:
+                            on_busy()
+                        return _busy(headers)
+                    if result is AuthResult.DENIED:
+                        return _unauthorized(headers, basic=True)
             resp = await handler(request)
             for k, v in headers:
                 resp.headers[k] = v
@@ -207,6 +219,14 @@ def _peer_cert(request: web.Request) -> bool:
     return bool(transport is not None and transport.get_extra_info("peercert"))
 
 
+def _busy(headers: tuple[tuple[str, str], ...]) -> web.Response:
+    resp = web.Response(status=429, text="Too many authentication attempts in progress\n")
+    resp.headers["Retry-After"] = "1"
+    for k, v in headers:
+        resp.headers[k] = v
+    return resp
+
+
 def _unauthorized(headers: tuple[tuple[str, str], ...], *, basic: bool) -> web.Response:
     resp = web.Response(status=401, text=_UNAUTHORIZED_BODY)
     if basic:
@@ -216,14 +236,30 @@ def _unauthorized(headers: tuple[tuple[str, str], ...], *, basic: bool) -> web.R
     return resp
 
 
-class _PasswordChecker:
-    """bcrypt checks off the event loop, one at a time, with successes cached by a keyed digest."""
+class AuthResult(enum.Enum):
+    """What a basic-auth check found: the credentials are good, bad, or there was no room to check them now."""
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    OK = "ok"
+    DENIED = "denied"
+    BUSY = "busy"
+
+
+class _PasswordChecker:
+    """bcrypt checks off the event loop, bounded: `workers` at a time, `queue` more waiting, the rest told BUSY.
+
+    Verified pairs, good and bad, are cached as HMACs under a per-process key (never the password), so a scraper's
+    every scrape after the first, and a repeated wrong password, cost no bcrypt. A password is checked on its first
+    72 bytes, as bcrypt defines it (Go's `bcrypt.CompareHashAndPassword` in exporter-toolkit, `htpasswd -B` and
+    bcrypt before 4.1 all use only those); pyca/bcrypt 4.1+ raises on longer input instead.
+    """
+
+    def __init__(self, users: Mapping[str, bytes], *, workers: int = 1, queue: int = 4) -> None:
         self._users = dict(users)
-        self._key = os.urandom(32)  # the cache holds HMACs under a per-process key, never passwords
-        self._ok: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = asyncio.Lock()  # bcrypt is meant to be slow: one at a time keeps the loop's cores free
+        self._key = os.urandom(32)
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._slots = asyncio.Semaphore(workers)
+        self._room = workers + queue  # checks running or waiting; one more is BUSY
+        self._pending = 0
         # Checked when the user is unknown, at the same cost, so a wrong user name takes as long as a wrong password.
         cost = int(next(iter(self._users.values()))[4:6]) if self._users else 4
         self._dummy = bcrypt.hashpw(b"dbwatch-no-such-user", bcrypt.gensalt(rounds=cost)) if self._users else b""
@@ -232,29 +268,37 @@ class _PasswordChecker:
     def enabled(self) -> bool:
         return bool(self._users)
 
-    async def check(self, header: str) -> bool:
+    async def check(self, header: str) -> AuthResult:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return AuthResult.DENIED
         try:
             user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return False
+            return AuthResult.DENIED
         if not sep:
-            return False
+            return AuthResult.DENIED
         hashed = self._users.get(user)
-        digest = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
-        if hashed is not None and digest in self._ok:
-            self._ok.move_to_end(digest)
-            return True
-        async with self._lock:
-            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed or self._dummy)
-        if ok and hashed is not None:
-            self._ok[digest] = None
-            while len(self._ok) > _AUTH_CACHE_SIZE:
-                self._ok.popitem(last=False)
-            return True
-        return False
+        secret = password.encode()[:BCRYPT_MAX_BYTES]
+        name = user.encode()
+        digest = hmac.new(self._key, len(name).to_bytes(4, "big") + name + secret, hashlib.sha256).digest()
+        known = self._cache.get(digest)
+        if known is not None:
+            self._cache.move_to_end(digest)
+            return AuthResult.OK if known else AuthResult.DENIED
+        if self._pending >= self._room:
+            return AuthResult.BUSY
+        self._pending += 1
+        try:
+            async with self._slots:
+                ok = await asyncio.to_thread(bcrypt.checkpw, secret, hashed or self._dummy)
+        finally:
+            self._pending -= 1
+        ok = ok and hashed is not None
+        self._cache[digest] = ok
+        while len(self._cache) > _AUTH_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return AuthResult.OK if ok else AuthResult.DENIED
 
 
 def _why(exc: BaseException) -> str:

@@ -273,3 +273,27 @@ def test_hook_imports_only_stdlib_and_sqlalchemy() -> None:
     loaded = eval(proc.stdout.strip())  # noqa: S307 - our own subprocess printed a list literal
     assert not [x for x in loaded if not x.startswith("dbwatch")]
     assert "dbwatch.ingest" not in loaded
+
+
+def test_worker_state_is_bounded_per_worker_and_in_total() -> None:
+    """A datagram that would take a worker past max_worker_series, or all past max_tracked_series, is over_limit
+    whole; known keys keep counting; an expired worker's state is freed."""
+    ingest, store, clock = _ingest(max_worker_series=100, max_tracked_series=150, worker_expiry=30.0)
+    n = len(wire.LAYOUTS["request"]) + 1
+
+    def rows(start: int, count: int, hits: int = 1) -> list[list[Any]]:
+        return [[f"/r{i}", "GET", "2xx", [hits, *([0] * (n - 1))], 0.001 * hits] for i in range(start, start + count)]
+
+    web = {k: v for k, v in _doc().items() if k != "engines"}
+    assert _send(ingest, {**web, "worker": "w:1", "requests": rows(0, 90)}) == "accepted"
+    assert ingest.tracked_series == 92  # 90 request rows and the 2 drop reasons
+    assert _send(ingest, {**web, "worker": "w:1", "seq": 2, "requests": rows(90, 9)}) == "over_limit"
+    assert _send(ingest, {**web, "worker": "w:1", "seq": 3, "requests": rows(0, 90, hits=3)}) == "accepted"
+    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/r5", "GET", "2xx"))[0] == 3
+    assert _send(ingest, {**web, "worker": "w:2", "requests": rows(500, 57)}) == "over_limit"  # 92 + 59 > 150
+    assert _send(ingest, {**web, "worker": "w:2", "requests": rows(500, 56)}) == "accepted"
+    assert ingest.tracked_series == 150
+    clock.now += 31
+    assert _send(ingest, {**web, "worker": "w:2", "seq": 2, "requests": rows(500, 56)}) == "accepted"
+    assert ingest.expire() == 1
+    assert ingest.tracked_series == 58

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -117,6 +118,7 @@ class CollectConfig:
     """Database-wide collection for one target over its persistent monitoring connection (see coordination.py)."""
 
     collectors: tuple[str, ...] = ()
+    dsn: DSN | None = None  # the monitoring role's DSN (default: the target's, which the probe uses)
     mode: str = "auto"  # auto: one instance per database (advisory lock) | always: central | never: sidecar
     interval: float = 15.0
     budget: float = 5.0
@@ -135,6 +137,8 @@ class Target:
     critical: bool = True  # DbwatchTargetDown pages when its probe fails (readiness is separate)
     stale_after: float = 35.0
     gate_readiness: bool = False  # opt-in: /readyz (so the pod's readiness) fails while this target is down
+    own_sessions: bool = True  # postgres: the probe also reports this pod's sessions (pod-local)
+    own_sessions_application_name: str | None = None  # match by this application_name instead of client address
     login: LoginCheck | None = None  # set for kind http_login (whose dsn is empty)
     collect: CollectConfig = field(default_factory=CollectConfig)  # none for http_login
 
@@ -261,6 +265,7 @@ class Config:
     def secrets(self) -> frozenset[str]:
         """Every secret value in the config, for scrubbing output."""
         found = {t.dsn.password.reveal() for t in self.targets if t.dsn.password}
+        found.update(t.collect.dsn.password.reveal() for t in self.targets if t.collect.dsn and t.collect.dsn.password)
         found.update(s.reveal() for t in self.targets if t.login for s in t.login.secrets() if s)
         if self.hook and self.hook.token:
             found.add(self.hook.token.reveal())
@@ -282,6 +287,7 @@ class Config:
                     "critical": t.critical,
                     "stale_after": t.stale_after,
                     "gate_readiness": t.gate_readiness,
+                    **({"own_sessions": _redacted_own(t)} if t.kind == "postgres" else {}),
                     **({} if t.login is not None else {"collect": _redacted_collect(t.collect)}),
                 }
                 for t in self.targets
@@ -316,9 +322,14 @@ def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
     }
 
 
+def _redacted_own(t: Target) -> bool | dict[str, str]:
+    return {"application_name": t.own_sessions_application_name} if t.own_sessions_application_name else t.own_sessions
+
+
 def _redacted_collect(c: CollectConfig) -> dict[str, Any]:
     return {
         "collectors": list(c.collectors),
+        **({"dsn": str(c.dsn)} if c.dsn else {}),
         "mode": c.mode,
         "interval": c.interval,
         "budget": c.budget,
@@ -523,6 +534,7 @@ _TARGET_KEYS: Final = (
     "critical",
     "stale_after",
     "gate_readiness",
+    "own_sessions",
     "sslmode",
     "sslrootcert",
     "sslcert",
@@ -569,6 +581,12 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         if tls[key] and not os.access(tls[key], os.R_OK):
             raise ConfigError(f"{path}.{key}: cannot read {tls[key]}")
     collect = _collect(node.take("collect", lambda v, p: v, {}), f"{path}.collect", kind, interval, timeout)
+    if collect.dsn is not None:
+        collect = dataclasses.replace(collect, dsn=collect.dsn.with_params(**tls))
+    no_name: str | None = None
+    own, own_app = node.take("own_sessions", _own_sessions, (kind == "postgres", no_name))
+    if own and kind != "postgres":
+        raise ConfigError(f"{path}.own_sessions: only for postgres targets")
     node.done()
     return Target(
         name=name,
@@ -579,8 +597,22 @@ def _target(raw: Any, path: str, defaults: tuple[float, float]) -> Target:
         critical=critical,
         stale_after=stale_after,
         gate_readiness=gate,
+        own_sessions=own,
+        own_sessions_application_name=own_app,
         collect=collect,
     )
+
+
+def _own_sessions(value: Any, path: str) -> tuple[bool, str | None]:
+    """`false`, `true`, or `{application_name: NAME}` (match that name instead of the probe's client address)."""
+    if isinstance(value, bool):
+        return value, None
+    node = _Node(value, path).only("application_name")
+    name = node.take("application_name", _str, "")
+    node.done()
+    if not name or len(name) > 63 or not name.isprintable():
+        raise ConfigError(f"{path}.application_name: expected 1-63 printable characters")
+    return True, name
 
 
 def _positive_int(value: Any, path: str) -> int:
@@ -598,7 +630,12 @@ def _names(value: Any, path: str) -> tuple[str, ...]:
 
 
 def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) -> CollectConfig:
-    node = _Node(raw, path).only("collectors", "mode", "interval", "budget", "max_label_values")
+    node = _Node(raw, path).only(
+        "collectors", "dsn", "dsn_env", "dsn_file", "mode", "interval", "budget", "max_label_values"
+    )
+    dsn = _dsn(node) if any(node.has(k) for k in ("dsn", "dsn_env", "dsn_file")) else None
+    if dsn is not None and kind != "postgres":
+        raise ConfigError(f"{path}: dsn, dsn_env, dsn_file only for postgres targets")
     names = node.take("collectors", _names, defaults_for(kind))
     for i, name in enumerate(names):
         cls = COLLECTORS.get(name)
@@ -615,7 +652,7 @@ def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) ->
     cap = node.take("max_label_values", _positive_int, DEFAULT_MAX_LABEL_VALUES)
     mode = node.take("mode", _choice(COLLECT_MODES), "auto")
     node.done()
-    return CollectConfig(collectors=names, mode=mode, interval=c_interval, budget=budget, max_label_values=cap)
+    return CollectConfig(collectors=names, dsn=dsn, mode=mode, interval=c_interval, budget=budget, max_label_values=cap)
 
 
 def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float, bool]:

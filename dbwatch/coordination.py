@@ -120,6 +120,10 @@ class Coordinator:
             self._store.inc(m.COORDINATION_TAKEOVERS, (self.target,))
         self._store.set(self._source, m.DATABASE_WIDE_COLLECTING, (self.target, self.mode), float(self.holder))
 
+    def lost_race(self) -> None:
+        """The session could not even open (the role's CONNECTION LIMIT): wait for a probe to see the lock free."""
+        self._free_seen = False
+
     def released(self) -> None:
         """The session is gone (lost, closed, cut short): no longer collecting; try again at the next tick."""
         if self.holder:

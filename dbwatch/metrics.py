@@ -338,6 +338,33 @@ COORDINATION_TAKEOVERS = MetricSpec(
     "Times this instance took the target's advisory lock and became the one that collects its database-wide work.",
     ("target",),
 )
+OWN_SESSIONS = MetricSpec(
+    "dbwatch_own_sessions",
+    MetricType.GAUGE,
+    "This pod's sessions on the target's database as the server sees them (same client address as dbwatch's probe,"
+    " or own_sessions.application_name), by state; standard states at 0, NULL state (not visible to the role) ''.",
+    ("target", "state"),
+)
+OWN_OLDEST_IDLE_IN_TRANSACTION = MetricSpec(
+    "dbwatch_own_oldest_idle_in_transaction_seconds",
+    MetricType.GAUGE,
+    "Time this pod's oldest 'idle in transaction' session has spent in that state; 0 when none.",
+    ("target",),
+)
+PG_ALL_SESSIONS_VISIBLE = MetricSpec(
+    "dbwatch_pg_all_sessions_visible",
+    MetricType.GAUGE,
+    "1 if the monitoring role sees every session's details (superuser, pg_monitor or pg_read_all_stats), 0 if it"
+    " sees only its own role's: then other sessions have an empty state and saturation is under-reported.",
+    ("target",),
+)
+PG_HIDDEN_SESSIONS = MetricSpec(
+    "dbwatch_pg_hidden_sessions",
+    MetricType.GAUGE,
+    "Sessions whose details (backend type, state, times) the monitoring role cannot see; they count under"
+    " backend_type '' and state '', not as client backends, so the connections used ratio is low by as many.",
+    ("target",),
+)
 PG_SESSIONS = MetricSpec(
     "dbwatch_pg_sessions",
     MetricType.GAUGE,

@@ -64,7 +64,8 @@ async def _connect_postgres(target: Target, timeout: float) -> Any:
     statement_timeout = settings.pop("statement_timeout")
     # TCP keepalives on the server's side of the session bound how long a holder cut off by the network keeps the
     # advisory lock (coordination.py); tcp_user_timeout (PostgreSQL 12+) is SET below, as it is unknown before.
-    kwargs = connect_kwargs(target, timeout, settings={**settings, **keepalive_settings(target)})
+    settings |= keepalive_settings(target)
+    kwargs = connect_kwargs(target, timeout, settings=settings, dsn=target.collect.dsn)
     # The collectors' few statements are prepared once per connection and re-executed: the server skips parse
     # and plan on every collection (a third of the backend CPU of pg_activity). So a postgres target must be the
     # server itself, not a transaction-pooling pgbouncer in front of it (use a `pgbouncer` target for that).
@@ -185,6 +186,10 @@ class MonitorConnection:
             raise
         except Exception as exc:
             self._failed(exc)
+            if self._coordinator is not None and classify(exc) is Reason.TOO_MANY_CONNECTIONS:
+                # A takeover race lost at the role's CONNECTION LIMIT: another instance is taking the lock.
+                self._coordinator.lost_race()
+                raise Standby("lost the takeover race at the connection limit") from exc
             raise
         if self._coordinator is not None:
             await self._take_lock(conn)

@@ -16,11 +16,13 @@ from prometheus_client.exposition import choose_encoder
 from dbwatch import __version__
 from dbwatch import metrics as m
 from dbwatch.collectors.job import collector_jobs
-from dbwatch.config import Config
+from dbwatch.config import Config, Target
 from dbwatch.ingest import Ingest, running_ingest
 from dbwatch.logs.tailer import LogWatcher
 from dbwatch.monconn import Monitors
 from dbwatch.probes import ProbeJob
+from dbwatch.probes.own_sessions import OwnSessions
+from dbwatch.probes.postgres import Riders
 from dbwatch.scheduler import Job, Scheduler
 from dbwatch.store import Exposition, Store, StoreCollector
 from dbwatch.webconfig import WebConfig
@@ -90,9 +92,16 @@ def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -
     """Every scheduled job the config asks for; collectors share one monitoring connection per target."""
     monitors = monitors or Monitors(store)
     # Each probe carries its target's lock check, so instances without the lock need no session of their own.
-    jobs: list[Job] = [ProbeJob(t, store, rider=monitors.coordinator(t)) for t in config.targets]
+    jobs: list[Job] = [ProbeJob(t, store, rider=_riders(t, store, monitors)) for t in config.targets]
     jobs += collector_jobs(config.targets, store, monitors)
     return jobs
+
+
+def _riders(target: Target, store: Store, monitors: Monitors) -> Riders | None:
+    """What a postgres probe reads besides `SELECT 1`: the database-wide lock check, this pod's own sessions."""
+    if target.kind != "postgres":
+        return None
+    return Riders(monitors.coordinator(target), OwnSessions(target, store) if target.own_sessions else None)
 
 
 def build_app(

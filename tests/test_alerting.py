@@ -20,7 +20,10 @@ CONFIG = REPO / "config"
 EXAMPLE = "config/dbwatch.example.yaml"
 RULE_FILES = [CONFIG / "dbwatch.rules.yml", CONFIG / rules.RULES_FILE]
 TEST_FILES = sorted((CONFIG / "tests").glob("*.test.yml"))
-ENV = {"DATABASE_URL": "postgresql://app@127.0.0.1:5432/app"}
+ENV = {
+    "DATABASE_URL": "postgresql://app@127.0.0.1:5432/app",
+    "DBWATCH_MONITOR_URL": "postgresql://dbwatch@127.0.0.1/app",
+}
 
 
 def tool(name: str) -> str:

@@ -170,7 +170,7 @@ def test_unknown_dsn_params_are_ignored_by_name() -> None:
 
 def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "dbwatch.example.yaml"
-    env = {"DATABASE_URL": GOOD_DSN}
+    env = {"DATABASE_URL": GOOD_DSN, "DBWATCH_MONITOR_URL": GOOD_DSN}
     os.environ.update(env)
     try:
         c = load(example)

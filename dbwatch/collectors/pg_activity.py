@@ -11,12 +11,17 @@ import re
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
+import structlog
+
 from dbwatch import metrics as m
 from dbwatch.collectors.base import Scope, weights
 from dbwatch.labels import OTHER, Capper
 from dbwatch.store import Sample
 
 __all__ = ["STATES", "WAIT_EVENT_TYPES", "PgActivity"]
+
+log = structlog.get_logger("dbwatch.collectors.pg_activity")
+_FIX: Final = "GRANT pg_monitor TO <the monitoring role> (README: A least-privilege monitoring role)"
 
 # Client backend states reported at 0 when empty, so their series never vanish.
 STATES: Final = (
@@ -47,6 +52,13 @@ _WAITSTART_14: Final = (
     "coalesce((SELECT min(l.waitstart) FROM pg_locks l WHERE l.pid = s.pid AND NOT l.granted), s.query_start)"
 )
 _WAITSTART_OLD: Final = "s.query_start"
+
+# Whether the monitoring role sees every session's state, query times and client (not only its own role's): a
+# superuser, or a member of pg_read_all_stats (pg_monitor includes it; both from PostgreSQL 10).
+_PRIVILEGED_10: Final = (
+    "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role('pg_read_all_stats', 'USAGE')"
+)
+_PRIVILEGED_OLD: Final = "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
 
 _SQL: Final = """
 WITH a AS MATERIALIZED (
@@ -99,6 +111,8 @@ SELECT
                                              age)), '[]')
      FROM top WHERE rank <= %(top_n)s) AS top,
   (SELECT count(*) FROM a WHERE backend_type = 'client backend') AS clients,
+  (SELECT count(*) FROM a WHERE backend_type = '') AS hidden,
+  %(privileged)s AS privileged,
   json_build_array(%(settings)s) AS settings
 """
 
@@ -108,6 +122,7 @@ def sql_for(server_version_num: int) -> str:
     return _SQL % {
         "waitstart": _WAITSTART_14 if server_version_num >= 140000 else _WAITSTART_OLD,
         "top_n": TOP_N,
+        "privileged": _PRIVILEGED_10 if server_version_num >= 100000 else _PRIVILEGED_OLD,
         "settings": ", ".join(f"json_build_array('{s}', {_setting_sql(s)})" for s in SETTINGS),
     }
 
@@ -138,6 +153,7 @@ class PgActivity:
         self._t = scope.target
         self._users = Capper(scope.max_label_values)
         self._apps = Capper(scope.max_label_values)
+        self._warned = False
 
     async def collect(self, conn: Any, budget: float) -> Iterable[Sample]:
         """One statement, then fold, zero-fill and shape the samples."""
@@ -151,6 +167,8 @@ class PgActivity:
             top=json.loads(row["top"]),
             clients=int(row["clients"]),
             settings=json.loads(row["settings"]),
+            privileged=bool(row["privileged"]),
+            hidden=int(row["hidden"]),
         )
 
     def samples(
@@ -162,9 +180,14 @@ class PgActivity:
         top: list[list[Any]],
         clients: int,
         settings: list[list[Any]],
+        privileged: bool = True,
+        hidden: int = 0,
     ) -> list[Sample]:
-        """Shape one collection's rows into samples (pure: no I/O)."""
+        """Shape one collection's rows into samples (no I/O; logs once when the role cannot see all sessions)."""
         t = self._t
+        if not privileged and not self._warned:
+            self._warned = True
+            log.warning("monitoring_role_sees_own_sessions_only", target=t, hidden_sessions=hidden, fix=_FIX)
         users, folded_users = self._users.fold(weights((r[1], r[5]) for r in sessions))
         apps, folded_apps = self._apps.fold(weights((r[2], r[5]) for r in sessions))
         out: list[Sample] = [
@@ -213,4 +236,6 @@ class PgActivity:
         available -= values.get("reserved_connections", 0.0)
         if available > 0:
             out.append(Sample(m.PG_CONNECTIONS_USED_RATIO, (t,), clients / available))
+        out.append(Sample(m.PG_ALL_SESSIONS_VISIBLE, (t,), 1.0 if privileged else 0.0))
+        out.append(Sample(m.PG_HIDDEN_SESSIONS, (t,), float(hidden)))
         return out

@@ -18,8 +18,9 @@ from typing import Any, Final, Protocol
 import asyncpg
 
 from dbwatch.config import Target
+from dbwatch.secret import DSN
 
-__all__ = ["APPLICATION_NAME", "PHASES", "Rider", "connect_kwargs", "probe_postgres"]
+__all__ = ["APPLICATION_NAME", "PHASES", "Rider", "Riders", "connect_kwargs", "probe_postgres"]
 
 APPLICATION_NAME: Final = "dbwatch"
 PHASES: Final = ("connect", "startup", "query")
@@ -35,6 +36,23 @@ class Rider(Protocol):
     def seen(self, row: Mapping[str, Any]) -> None:
         """The probe's row (only after a successful probe)."""
         ...
+
+
+class Riders:
+    """Several riders on one probe: their columns in one statement, the row to each."""
+
+    def __init__(self, *riders: Rider | None) -> None:
+        self._riders = [r for r in riders if r is not None]
+
+    def columns(self) -> str | None:
+        """Every rider's columns now, or None when none asks."""
+        wanted = [c for r in self._riders if (c := r.columns()) is not None]
+        return ", ".join(wanted) if wanted else None
+
+    def seen(self, row: Mapping[str, Any]) -> None:
+        """Hand the row to each rider."""
+        for r in self._riders:
+            r.seen(row)
 
 
 class _TimedLoop:
@@ -62,9 +80,11 @@ class _TimedLoop:
         return await self._timed(self._loop.create_unix_connection(*args, **kwargs))
 
 
-def connect_kwargs(target: Target, timeout: float, *, settings: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """asyncpg.connect() arguments for a target; the password is revealed only here."""
-    dsn = target.dsn
+def connect_kwargs(
+    target: Target, timeout: float, *, settings: Mapping[str, str] | None = None, dsn: DSN | None = None
+) -> dict[str, Any]:
+    """asyncpg.connect() arguments for a target (or another DSN of it); the password is revealed only here."""
+    dsn = dsn or target.dsn
     tls = {k: v for k, v in dsn.params if k in ("sslrootcert", "sslcert", "sslkey")}
     kwargs: dict[str, Any] = {
         "dsn": "postgresql://" + ("/?" + urllib.parse.urlencode(tls) if tls else ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from tests.e2e.stack import Prometheus
 from tests.helpers import REPO, eventually, running
 
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+VARIABLE = re.compile(r"\$(namespace|job|instance|target|app|source)\b")
+# Families of database-wide collectors: exposed by the one collecting instance of a database (issue 13).
+DATABASE_WIDE = re.compile(r"dbwatch_pg_[a-z_]+|dbwatch_database_wide_collecting")
 
 
 def dashboard_queries(path: Path) -> Iterator[tuple[str, str]]:
@@ -18,7 +22,7 @@ def dashboard_queries(path: Path) -> Iterator[tuple[str, str]]:
     dash = json.loads(path.read_text())
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$__rate_interval", "15s").replace("$target", ".*")
+            expr = VARIABLE.sub(".*", target["expr"].replace("$__rate_interval", "15s"))
             yield panel["title"], expr
 
 
@@ -32,6 +36,23 @@ def test_dashboards_have_datasource_and_target_variables() -> None:
         for panel in dash["panels"]:
             if panel["type"] != "row":
                 assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_dashboard_variables_and_no_double_counting_under_n_instances() -> None:
+    """Variables for namespace, job, pod/instance, target, app, source; database-wide panels take one value per
+    database (max across instances, never a sum, never filtered by pod), pod-local ones filter by pod."""
+    dash = json.loads((REPO / "dashboards" / "dbwatch-overview.json").read_text())
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert names == ["datasource", "namespace", "job", "instance", "target", "app", "source"]
+    checked = 0
+    for title, expr in dashboard_queries(REPO / "dashboards" / "dbwatch-overview.json"):
+        if DATABASE_WIDE.search(expr):
+            checked += 1
+            assert 'instance=~".*"' not in expr, title
+            assert re.match(r"^(topk\(10, )?(max|min) by \(", expr), title
+        elif "dbwatch_" in expr and "slo" not in expr:
+            assert 'instance=~".*"' in expr, title
+    assert checked >= 7
 
 
 def test_dashboard_has_login_latency_and_error_budget_rows() -> None:

@@ -6,6 +6,7 @@ the Dockerfile and dbwatch itself.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -24,8 +25,10 @@ from tests.helpers import REPO, run_cli
 BASE = REPO / "deploy" / "base"
 TLS_EXAMPLE = REPO / "deploy" / "examples" / "tls"
 WEB_TLS = REPO / "deploy" / "components" / "web-tls"
-# The oldest and newest Kubernetes versions whose schemas kubernetes-validate bundles (strict: no unknown fields).
-K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+# Native sidecars (an init container with restartPolicy: Always) need Kubernetes 1.29 (beta, on by default): the
+# oldest version checked, and the newest whose schemas kubernetes-validate bundles (strict: no unknown fields).
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+SIDECAR = REPO / "deploy" / "components" / "dbwatch-sidecar"
 CRD_MODELS = {"PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
 sys.path.insert(0, str(REPO / "scripts"))
 import gen_deploy_rules  # noqa: E402 - scripts/ is not a package; the generator is imported as the test's oracle
@@ -73,10 +76,10 @@ def test_validators_reject_what_they_should() -> None:
     """The validators are not vacuous: an unknown field and a wrong type fail in both kinds of check."""
     dep = _files()["deployment.yaml"][0]
     bad = yaml.safe_load(yaml.safe_dump(dep))
-    bad["spec"]["template"]["spec"]["containers"][1]["securityContext"]["runAsNonRot"] = True
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRot"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(bad)
-    pm = _files()["podmonitor.yaml"][0]
+    (pm,) = _docs((SIDECAR / "podmonitor.yaml").read_text())
     for mutate in (
         lambda d: d["spec"]["podMetricsEndpoints"][0].update(intervall="15s"),
         lambda d: d["spec"]["podMetricsEndpoints"][0].update(interval="soon"),
@@ -103,7 +106,7 @@ def _kustomize(where: Path = BASE) -> list[dict[str, Any]]:
 def test_kustomize_build_is_valid_and_wires_the_configmap() -> None:
     docs = _kustomize()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "PodMonitor", "PrometheusRule", "Secret"]
+    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "PodMonitor", "PrometheusRule"]  # no Secret
     for doc in docs:
         validate(doc)
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
@@ -113,12 +116,18 @@ def test_kustomize_build_is_valid_and_wires_the_configmap() -> None:
     assert cm["metadata"]["name"].startswith("dbwatch-config-")
 
 
+@functools.cache
+def _rendered() -> list[dict[str, Any]]:
+    return _kustomize()
+
+
 def _pod() -> dict[str, Any]:
-    return _files()["deployment.yaml"][0]["spec"]["template"]
+    """The example's pod template as rendered (the component added the sidecar)."""
+    return next(d for d in _rendered() if d["kind"] == "Deployment")["spec"]["template"]
 
 
 def _sidecar() -> dict[str, Any]:
-    return next(c for c in _pod()["spec"]["containers"] if c["name"] == "dbwatch")
+    return next(c for c in _pod()["spec"]["initContainers"] if c["name"] == "dbwatch")
 
 
 def _dockerfile_env() -> dict[str, str]:
@@ -140,6 +149,7 @@ def test_sidecar_security_and_probes() -> None:
     sc = c["securityContext"]
     assert pod_sc["runAsNonRoot"] is True
     assert pod_sc["runAsUser"] == 65532
+    assert sc["runAsUser"] == 65532  # also on the sidecar itself: the component may meet a pod without it
     assert "USER 65532:65532" in (REPO / "Dockerfile").read_text()
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
@@ -149,6 +159,8 @@ def test_sidecar_security_and_probes() -> None:
     assert _pod()["spec"]["automountServiceAccountToken"] is False
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
     assert port == 9839
+    assert c["restartPolicy"] == "Always"  # a native sidecar
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     res = c["resources"]
@@ -164,7 +176,7 @@ def test_sidecar_gets_url_from_secret_config_from_configmap_and_a_writable_state
     assert "value" not in env["DATABASE_URL"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     vols = {v["name"]: v for v in _pod()["spec"]["volumes"]}
-    assert vols["dbwatch-config"]["configMap"]["name"] == "dbwatch-config"
+    assert vols["dbwatch-config"]["configMap"]["name"].startswith("dbwatch-config-")
     assert mounts["dbwatch-config"]["readOnly"] is True
     assert c["args"] == ["--config", mounts["dbwatch-config"]["mountPath"] + "/dbwatch.yaml"]
     state_dir = _dockerfile_env()["DBWATCH_STATE_DIR"]
@@ -180,15 +192,15 @@ def test_configmap_config_passes_check_config(tmp_path: Path) -> None:
     """The config the ConfigMap carries is valid for this dbwatch, with DATABASE_URL as the Secret provides it."""
     kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     (name,) = kust["configMapGenerator"][0]["files"]
-    secret = _files()["secret.yaml"][0]
-    proc = run_cli("check-config", str(BASE / name), env={"DATABASE_URL": secret["stringData"]["DATABASE_URL"]})
+    url = "postgresql+asyncpg://app:CHANGE-ME@postgres:5432/app"
+    proc = run_cli("check-config", str(BASE / name), env={"DATABASE_URL": url})
     assert proc.returncode == 0, proc.stderr
     assert "CHANGE-ME" not in proc.stdout
 
 
 def test_network_policy_lets_only_prometheus_scrape() -> None:
     (np,) = _files()["networkpolicy.yaml"]
-    assert np["spec"]["podSelector"]["matchLabels"] == _pod()["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= _pod()["metadata"]["labels"].items()
     assert np["spec"]["policyTypes"] == ["Ingress"]
     to_metrics = [r for r in np["spec"]["ingress"] if any(p["port"] in ("metrics", 9839) for p in r["ports"])]
     assert len(to_metrics) == 1
@@ -205,7 +217,7 @@ def test_network_policy_lets_only_prometheus_scrape() -> None:
 
 
 def test_pod_monitor_scrapes_the_sidecar_port() -> None:
-    (pm,) = _files()["podmonitor.yaml"]
+    (pm,) = [d for d in _rendered() if d["kind"] == "PodMonitor"]
     assert pm["spec"]["selector"]["matchLabels"].items() <= _pod()["metadata"]["labels"].items()
     (ep,) = pm["spec"]["podMetricsEndpoints"]
     assert ep["port"] in {p["name"] for p in _sidecar()["ports"]}
@@ -248,9 +260,10 @@ def test_tls_component_builds_valid_https_wiring() -> None:
         validate(doc)
     dep = next(d for d in docs if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
-    c = next(x for x in pod["containers"] if x["name"] == "dbwatch")
+    c = next(x for x in pod["initContainers"] if x["name"] == "dbwatch")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert c["args"] == ["--config", "/etc/dbwatch/dbwatch.yaml", "--web.config.file", "/etc/dbwatch/web/web.yml"]
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert mounts["dbwatch-web-config"] == "/etc/dbwatch/web"
     assert mounts["dbwatch-tls"] == "/etc/dbwatch/tls"
     assert mounts["dbwatch-state"] == _dockerfile_env()["DBWATCH_STATE_DIR"]  # the base's mounts are kept
@@ -278,3 +291,92 @@ def test_tls_component_web_config_is_valid(tmp_path: Path) -> None:
     web = webconfig.from_mapping(raw)
     assert web.tls is not None
     assert web.open_health_endpoints is True
+
+
+USER_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop-api
+  annotations:
+    dbwatch.io/sidecar: "true"
+spec:
+  replicas: 20
+  selector:
+    matchLabels:
+      app: shop-api
+  template:
+    metadata:
+      labels:
+        app: shop-api
+    spec:
+      initContainers:
+        - name: migrate
+          image: registry.example.com/shop:2.4.1
+          command: ["alembic", "upgrade", "head"]
+      containers:
+        - name: api
+          image: registry.example.com/shop:2.4.1
+          ports:
+            - name: web
+              containerPort: 8080
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop-worker
+spec:
+  selector:
+    matchLabels:
+      app: shop-worker
+  template:
+    metadata:
+      labels:
+        app: shop-worker
+    spec:
+      containers:
+        - name: worker
+          image: registry.example.com/shop:2.4.1
+"""
+
+
+def test_component_adds_a_native_sidecar_to_someone_elses_deployment(tmp_path: Path) -> None:
+    """The component onto a Deployment that is not the example: only the annotated one gets the sidecar, with its
+    probes and config; the app's containers and init containers stay; no Secret, no NetworkPolicy appear."""
+    (tmp_path / "deployment.yaml").write_text(USER_DEPLOYMENT)
+    (tmp_path / "dbwatch.yaml").write_text((SIDECAR / "dbwatch.yaml").read_text())
+    component = os.path.relpath(SIDECAR, tmp_path)  # kustomize takes relative paths only
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [deployment.yaml]\n"
+        f"components: [{component}]\n"
+        "configMapGenerator:\n  - name: dbwatch-config\n    files: [dbwatch.yaml]\n"
+    )
+    docs = _kustomize(tmp_path)
+    for doc in docs:
+        validate(doc)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Deployment", "PodMonitor"]
+    by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert by_name["shop-worker"] == _docs(USER_DEPLOYMENT)[1]  # not annotated: untouched
+    api = by_name["shop-api"]
+    pod = api["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["api"]
+    assert pod["spec"]["containers"][0] == _docs(USER_DEPLOYMENT)[0]["spec"]["template"]["spec"]["containers"][0]
+    inits = {c["name"]: c for c in pod["spec"]["initContainers"]}
+    assert set(inits) == {"dbwatch", "migrate"}
+    side = inits["dbwatch"]
+    assert side["restartPolicy"] == "Always"
+    assert "restartPolicy" not in inits["migrate"]
+    assert {p: side[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert vols["dbwatch-config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert api["spec"]["selector"] == {"matchLabels": {"app": "shop-api"}}  # the selector is the user's
+    (pm,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in side["ports"]}
+    proc = run_cli("check-config", str(tmp_path / "dbwatch.yaml"), env={"DATABASE_URL": "postgresql://a@db/app"})
+    assert proc.returncode == 0, proc.stderr

@@ -590,6 +590,13 @@ LOG_EXCEPTIONS = MetricSpec(
     "source then __other__); each leaf of an exception group counts. Empty exception/location: the zero series.",
     ("source", "category", "exception", "location"),
 )
+LOG_LOST_EXCEPTIONS = MetricSpec(
+    "dbwatch_log_lost_exceptions",
+    MetricType.COUNTER,
+    "Sub-exceptions of logged exception groups the log does not show, so not in dbwatch_log_exceptions_total "
+    "(Python's 'and N more exceptions'; structlog dict_tracebacks before 25.4 drops them all).",
+    ("source",),
+)
 LOG_LINES = MetricSpec("dbwatch_log_lines", MetricType.COUNTER, "Physical lines read from a log source.", ("source",))
 LOG_BYTES = MetricSpec("dbwatch_log_read_bytes", MetricType.COUNTER, "Bytes read from a log source.", ("source",))
 LOG_UNMATCHED = MetricSpec(

@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 from dbwatch.logs.traceback import Chain, Exc, Frame
 
-__all__ = ["AppRules", "Category", "Classified", "Classifier", "Verdict", "classify_chain", "classify_event", "qualify"]
+__all__ = [
+    "RULES",
+    "AppRules",
+    "Category",
+    "Classified",
+    "Classifier",
+    "Rule",
+    "Verdict",
+    "classify_chain",
+    "classify_event",
+    "qualify",
+]
 
 
 class Category(StrEnum):
     """Categories of logged exceptions (closed set; each member is created at zero)."""
 
     MISSING_GREENLET = "missing_greenlet"
+    GREENLET_NOT_INSTALLED = "greenlet_not_installed"
     LAZY_LOAD = "lazy_load"
     POOL_TIMEOUT = "pool_timeout"
     CONCURRENT_OPERATION = "concurrent_operation"
@@ -32,61 +44,115 @@ class Category(StrEnum):
     STATEMENT_TIMEOUT = "statement_timeout"
     DEADLOCK = "deadlock"
     IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
+    POOLER_PREPARED_STATEMENT = "pooler_prepared_statement"
+    TERMINATE_CANCELLED = "terminate_cancelled"
+    LEAKED_CONNECTION = "leaked_connection"
     OTHER_DB = "other_db"
     OTHER = "other"
 
 
-# (category, class names, message regex); the first rule whose class or message matches wins (so a
-# ConnectionDoesNotExistError saying "idle-in-transaction timeout" is that, not a plain closed connection).
-_RULES: Final[tuple[tuple[Category, tuple[str, ...], str | None], ...]] = (
-    (Category.MISSING_GREENLET, ("MissingGreenlet",), r"greenlet_spawn has not been called"),
-    (
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One category's rule: a class or a message matches (and, where `frames` is set, one of those functions ran).
+
+    Classes are named without a trailing `Error` and compared case-insensitively, so one name covers asyncpg's
+    `DeadlockDetectedError` and psycopg's `DeadlockDetected` (both named from the SQLSTATE condition).
+    """
+
+    category: Category
+    classes: tuple[str, ...] = ()
+    message: str | None = None
+    frames: tuple[str, ...] = ()
+
+
+# The first rule that matches an exception wins (so a ConnectionDoesNotExistError saying "idle-in-transaction
+# timeout" is that, not a plain closed connection). Messages are the server's, libpq's (psycopg) and the drivers'.
+RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        Category.GREENLET_NOT_INSTALLED,
+        (),
+        r"greenlet library is required|requires that the Python 'greenlet' library|No module named '?greenlet'?",
+    ),
+    Rule(Category.MISSING_GREENLET, ("MissingGreenlet",), r"greenlet_spawn has not been called"),
+    Rule(
         Category.LAZY_LOAD,
-        ("DetachedInstanceError",),
+        ("DetachedInstance",),
         r"is not bound to a Session|lazy load operation|due to lazy='raise'|lazy loading .* not permitted",
     ),
-    (Category.POOL_TIMEOUT, (), r"QueuePool limit of size \d+ overflow -?\d+ reached|connection timed out, timeout"),
-    (
+    Rule(
+        Category.POOL_TIMEOUT, (), r"QueuePool limit of size \d+ overflow -?\d+ reached|connection timed out, timeout"
+    ),
+    Rule(
         Category.CONCURRENT_OPERATION,
-        ("IllegalStateChangeError",),
-        r"another operation is in progress|concurrent operations are not permitted",
+        ("IllegalStateChange",),
+        r"another operation is in progress|concurrent operations are not permitted|Session is already flushing"
+        r"|another command is already in progress",
     ),
-    (
+    Rule(
+        Category.POOLER_PREPARED_STATEMENT,
+        ("DuplicatePreparedStatement", "InvalidSQLStatementName"),
+        r"prepared statement \S+ (?:already exists|does not exist)",
+    ),
+    Rule(
         Category.TOO_MANY_CONNECTIONS,
-        ("TooManyConnectionsError",),
-        r"too many clients already|remaining connection slots are reserved|too many connections",
+        ("TooManyConnections",),
+        r"too many clients already|remaining connection slots are reserved|too many connections"
+        r"|no more connections allowed",
     ),
-    (
+    Rule(
         Category.IDLE_IN_TRANSACTION_TIMEOUT,
-        ("IdleInTransactionSessionTimeoutError",),
+        ("IdleInTransactionSessionTimeout",),
         r"idle-in-transaction timeout|idle_in_transaction_session_timeout",
     ),
-    (Category.STATEMENT_TIMEOUT, (), r"canceling statement due to statement timeout"),
-    (Category.DEADLOCK, ("DeadlockDetectedError",), r"deadlock detected"),
-    (
+    Rule(Category.STATEMENT_TIMEOUT, (), r"canceling statement due to statement timeout"),
+    Rule(Category.DEADLOCK, ("DeadlockDetected",), r"deadlock detected"),
+    Rule(
         Category.CONNECTION_REFUSED,
-        ("ConnectionRefusedError", "CannotConnectNowError"),
-        r"Connect call failed|Connection refused|\[Errno 111\]",
+        ("ConnectionRefused", "CannotConnectNow"),
+        r"Connect call failed|Connection refused|\[Errno 111\]"
+        r"|the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)",
     ),
-    (
+    Rule(
         Category.CONNECTION_CLOSED,
-        ("ConnectionDoesNotExistError", "ConnectionResetError", "AdminShutdownError", "ConnectionFailureError"),
+        ("ConnectionDoesNotExist", "ConnectionReset", "AdminShutdown", "ConnectionFailure"),
         r"connection was closed in the middle of operation|server closed the connection unexpectedly"
-        r"|connection is closed|terminating connection due to administrator command|Connection reset by peer",
+        r"|connection is closed|connection is lost|terminating connection due to administrator command"
+        r"|Connection reset by peer|SSL SYSCALL error: EOF detected|SSL connection has been closed unexpectedly",
     ),
+    Rule(
+        Category.TERMINATE_CANCELLED,
+        ("CancelledError",),
+        None,
+        ("do_terminate", "do_close", "_close_connection", "_terminate_graceful_close", "_terminate_force_close"),
+    ),
+    Rule(Category.LEAKED_CONNECTION, (), r"The garbage collector is trying to clean up non-checked-in connection"),
 )
-_COMPILED: Final = tuple((cat, names, re.compile(rx) if rx else None) for cat, names, rx in _RULES)
+
+
+def _stem(cls: str) -> str:
+    return cls.rsplit(".", 1)[-1].removesuffix("Error").lower()
+
+
+_COMPILED: Final = tuple(
+    (r.category, frozenset(_stem(c) for c in r.classes), re.compile(r.message) if r.message else None, r.frames)
+    for r in RULES
+)
 _DB_MODULES: Final = ("sqlalchemy.", "asyncpg.", "psycopg.", "psycopg2.", "aiopg.", "databases.", "sqlmodel.")
 
-# structlog's dict_tracebacks give only `__name__`; the classes we categorise get their module back.
+# structlog's dict_tracebacks give only `__name__`; the classes we know get their module back. A driver's class
+# is also found in the chain's own messages: SQLAlchemy names the DBAPI error it wraps, `(psycopg.errors.X) ...`
+# or `<class 'asyncpg.exceptions.X'>: ...`.
+_SA_EXC: Final = (
+    "MissingGreenlet IllegalStateChangeError DBAPIError InterfaceError OperationalError InvalidRequestError "
+    "StatementError IntegrityError ProgrammingError DataError InternalError NotSupportedError DatabaseError "
+    "PendingRollbackError ResourceClosedError NoResultFound MultipleResultsFound NoSuchColumnError ArgumentError "
+    "CompileError SAWarning"
+)
 _QUALIFIED: Final = {
-    "MissingGreenlet": "sqlalchemy.exc.MissingGreenlet",
+    **{name: f"sqlalchemy.exc.{name}" for name in _SA_EXC.split()},
     "DetachedInstanceError": "sqlalchemy.orm.exc.DetachedInstanceError",
-    "IllegalStateChangeError": "sqlalchemy.exc.IllegalStateChangeError",
-    "DBAPIError": "sqlalchemy.exc.DBAPIError",
-    "InterfaceError": "sqlalchemy.exc.InterfaceError",
-    "OperationalError": "sqlalchemy.exc.OperationalError",
-    "InvalidRequestError": "sqlalchemy.exc.InvalidRequestError",
+    "StaleDataError": "sqlalchemy.orm.exc.StaleDataError",
+    "ObjectDeletedError": "sqlalchemy.orm.exc.ObjectDeletedError",
     "TooManyConnectionsError": "asyncpg.exceptions.TooManyConnectionsError",
     "DeadlockDetectedError": "asyncpg.exceptions.DeadlockDetectedError",
     "QueryCanceledError": "asyncpg.exceptions.QueryCanceledError",
@@ -94,26 +160,52 @@ _QUALIFIED: Final = {
     "ConnectionDoesNotExistError": "asyncpg.exceptions.ConnectionDoesNotExistError",
     "AdminShutdownError": "asyncpg.exceptions.AdminShutdownError",
     "CannotConnectNowError": "asyncpg.exceptions.CannotConnectNowError",
+    "CancelledError": "asyncio.exceptions.CancelledError",
 }
+_ASYNCPG_ADAPTER: Final = "sqlalchemy.dialects.postgresql.asyncpg."
+_NAMED_RE: Final = re.compile(r"^\(([A-Za-z_][\w.]*\.\w+)\)|<class '([A-Za-z_][\w.]*\.\w+)'>")
 
 
-def qualify(name: str) -> str:
+def qualify(name: str, known: Mapping[str, str] | None = None) -> str:
     """A bare class name from dict_tracebacks made fully qualified where we know the module."""
-    return name if "." in name else _QUALIFIED.get(name, name)
+    if "." in name:
+        return name
+    if known and name in known:
+        return known[name]
+    return _QUALIFIED.get(name, name)
+
+
+def _qualified(chain: Chain) -> list[str]:
+    """Each exception's class, qualified: bare names (structlog's dict form) from the classes SQLAlchemy's messages
+    name (`(psycopg.errors.X) ...`, `<class 'asyncpg.exceptions.X'>`), else from the table."""
+    known: dict[str, str] = {}
+    for exc in chain.excs:
+        for m in _NAMED_RE.finditer(exc.message[:500]):
+            if m.group(2):  # <class 'asyncpg.exceptions.X'>: the driver's own class, over its adapter's
+                known[m.group(2).rsplit(".", 1)[-1]] = m.group(2)
+            else:
+                known.setdefault(m.group(1).rsplit(".", 1)[-1], m.group(1))
+    names = [qualify(e.cls, known) for e in chain.excs]
+    # SQLAlchemy's asyncpg adapter re-raises the driver's error under the same name: the inner one is asyncpg's.
+    for k in range(1, len(names)):
+        if names[k] == names[k - 1] and names[k].startswith(_ASYNCPG_ADAPTER) and "." not in chain.excs[k].cls:
+            names[k] = "asyncpg.exceptions." + chain.excs[k].cls
+    return names
 
 
 def _category(exc: Exc) -> Category | None:
-    short = exc.cls.rsplit(".", 1)[-1]
-    for cat, names, rx in _COMPILED:
-        if short in names or (rx is not None and rx.search(exc.message)):
+    stem = _stem(exc.cls)
+    for cat, stems, rx, frames in _COMPILED:
+        if (stem in stems or (rx is not None and rx.search(exc.message))) and (
+            not frames or any(f.function in frames for f in exc.frames)
+        ):
             return cat
     if exc.cls == "sqlalchemy.exc.TimeoutError":
         return Category.POOL_TIMEOUT
     return None
 
 
-def _is_db(exc: Exc) -> bool:
-    cls = qualify(exc.cls)
+def _is_db(cls: str) -> bool:
     return cls.startswith(_DB_MODULES) or cls in ("DBAPIError", "PostgresError")
 
 
@@ -204,19 +296,19 @@ class Verdict:
 
 def classify_chain(chain: Chain, rules: AppRules, outer_frames: Sequence[Frame] = ()) -> Verdict:
     """Category by root cause first, the deciding class, and the deepest app frame (falling back outwards)."""
-    decider: Exc | None = None
-    category = Category.OTHER
-    for exc in reversed(chain.excs):
-        cat = _category(exc)
-        if cat is not None:
-            decider, category = exc, cat
-            break
-    if decider is None:
-        db = next((e for e in reversed(chain.excs) if _is_db(e)), None)
-        if db is not None:
-            decider, category = db, Category.OTHER_DB
-        else:
-            decider = chain.final
+    names = _qualified(chain)
+    k = len(chain.excs) - 1
+    category: Category | None = None
+    while k >= 0 and category is None:
+        category = _category(chain.excs[k])
+        k -= 1
+    if category is not None:
+        k += 1
+    else:
+        k = next((i for i in reversed(range(len(names))) if _is_db(names[i])), -1)
+        category = Category.OTHER_DB if k >= 0 else Category.OTHER
+        k = max(k, 0)
+    decider = chain.excs[k]
     location = _deepest_app(decider.frames, rules)
     if location is None:
         for exc in chain.excs:
@@ -225,7 +317,7 @@ def classify_chain(chain: Chain, rules: AppRules, outer_frames: Sequence[Frame] 
                 break
     if location is None:
         location = _deepest_app(outer_frames, rules)
-    return Verdict(category, qualify(decider.cls), location)
+    return Verdict(category, names[k], location)
 
 
 def _deepest_app(frames: Sequence[Frame], rules: AppRules) -> Frame | None:
@@ -251,7 +343,7 @@ class Classified:
 
 def classify_event(chain: Chain, rules: AppRules) -> Classified:
     """Classify a logged chain; each leaf of a group on its own (a MissingGreenlet in a TaskGroup stays one)."""
-    names = tuple(qualify(e.cls) for e in chain.excs)
+    names = tuple(_qualified(chain))
     leaves = chain.leaves()
     if len(leaves) == 1 and leaves[0] is chain:
         v = classify_chain(chain, rules)

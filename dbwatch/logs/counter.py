@@ -29,6 +29,7 @@ class ExceptionCounter:
         self._newest = 0.0
         for cat in Category:
             store.inc(m.LOG_EXCEPTIONS, (source, cat.value, "", ""), 0)
+        store.inc(m.LOG_LOST_EXCEPTIONS, (source,), 0)
 
     def __call__(self, event: Event) -> None:
         c = self._classify(event.chain)
@@ -36,6 +37,8 @@ class ExceptionCounter:
             where = labels.location(self._rules.label(v.location))
             series = (self._source, v.category.value, self._exc(labels.exception(v.exception)), self._loc(where))
             self._store.inc(m.LOG_EXCEPTIONS, series)
+        if event.chain.lost:
+            self._store.inc(m.LOG_LOST_EXCEPTIONS, (self._source,), event.chain.lost)
         stamp = parse_timestamp(event.timestamp) or time.time()
         if stamp > self._newest:
             self._newest = stamp

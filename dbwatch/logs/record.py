@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from dbwatch.logs.traceback import Chain
+from dbwatch.logs.traceback import Chain, Exc
 
-__all__ = ["Event", "LineInfo", "RecordHook", "Sink", "Stats", "parse_timestamp"]
+__all__ = ["LINE_NEEDLE", "Event", "LineInfo", "RecordHook", "Sink", "Stats", "line_event", "parse_timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,24 @@ class Event:
     logger: str | None
     chain: Chain
     truncated: bool = False
+
+
+# A log line that is an event without a traceback: SQLAlchemy's pool reporting a connection the garbage collector
+# found checked out (a leaked connection). Formats search for the needle and hand the line to `line_event`.
+LINE_NEEDLE: Final = b"non-checked-in connection"
+_LEAK: Final = "The garbage collector is trying to clean up non-checked-in connection"
+
+
+def line_event(text: str) -> Chain | None:
+    """The one-exception chain a log line stands for, or None.
+
+    SQLAlchemy logs the leak on the pool's logger and also warns it: the warning's rendering (`SAWarning: ...`,
+    e.g. through logging.captureWarnings) is not counted again.
+    """
+    k = text.find(_LEAK)
+    if k < 0 or "SAWarning: " in text[:k]:
+        return None
+    return Chain((Exc("sqlalchemy.exc.SAWarning", text[k:]),))
 
 
 @dataclass(frozen=True, slots=True)

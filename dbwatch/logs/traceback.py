@@ -41,6 +41,7 @@ _GROUP_TOP_RE: Final = re.compile(r"^( *)\+ Exception Group Traceback \(most rec
 _CLOSE_RE: Final = re.compile(r"^ *\+-{36}$")
 _MORE_RE: Final = re.compile(r"^and (\d+) more exceptions?$")
 
+_SUB_RE: Final = re.compile(r"\((\d+) sub-exceptions?\)$")  # how str() of an ExceptionGroup ends
 MAX_MESSAGE_LINES: Final = 200
 MAX_FOREIGN_LINES: Final = 500
 
@@ -81,6 +82,11 @@ class Chain:
     @property
     def root(self) -> Exc:
         return self.excs[-1]
+
+    @property
+    def lost(self) -> int:
+        """Sub-exceptions of groups that the log does not show (Python's "and N more", a dict form without them)."""
+        return sum(exc.more + sum(sub.lost for sub in exc.group) for exc in self.excs)
 
     def leaves(self) -> list[Chain]:
         """The chains counted for this event: a group's leaves (recursively), else the chain itself."""
@@ -338,18 +344,22 @@ def from_dicts(stacks: Any) -> Chain | None:
                     )
                 )
         group: list[Chain] = []
-        if st.get("is_group"):
-            for sub in st.get("exceptions") or ():
-                chain = from_dicts(sub)
-                if chain is not None:
-                    group.append(chain)
+        value = str(st.get("exc_value", ""))
+        stated = _SUB_RE.search(value) if str(st.get("exc_type", "")).endswith("ExceptionGroup") else None
+        for sub in st.get("exceptions") or ():
+            chain = from_dicts(sub)
+            if chain is not None:
+                group.append(chain)
+        # structlog before 25.4 (its issue 676) gives a group without its sub-exceptions: what it states is lost
+        more = max(0, int(stated.group(1)) - len(group)) if stated else 0
         excs.append(
             Exc(
                 str(st.get("exc_type", "?")),
-                str(st.get("exc_value", "")),
+                value,
                 tuple(frames),
                 tuple(group),
-                is_group=bool(st.get("is_group")),
+                more,
+                is_group=bool(st.get("is_group")) or stated is not None,
             )
         )
         if k > 0:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,9 @@ class Account(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-def marker_line(tag: str) -> int:
-    """The line of this file that carries `# at:<tag>`."""
-    for i, line in enumerate(Path(__file__).read_text().splitlines(), 1):
+def marker_line(tag: str, path: str = __file__) -> int:
+    """The line of a file (this one by default) that carries `# at:<tag>`."""
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.rstrip().endswith(f"# at:{tag}"):
             return i
     raise LookupError(tag)
@@ -163,3 +165,40 @@ async def group_missing_greenlet(engine: AsyncEngine) -> None:
 
 async def session_of(engine: AsyncEngine) -> AsyncSession:
     return async_sessionmaker(engine)()
+
+
+async def _save(session: AsyncSession) -> None:
+    await session.commit()  # at:concurrent_session
+
+
+async def concurrent_session(engine: AsyncEngine) -> None:
+    """Two coroutines commit one AsyncSession (the bug): the second finds the first still at work."""
+    async with async_sessionmaker(engine)() as session:
+        session.add_all([Account(id=10, email="c@x"), Account(id=11, email="d@x")])
+        tasks = [asyncio.ensure_future(_save(session)) for _ in range(2)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await asyncio.wait(tasks)
+
+
+async def unique(engine: AsyncEngine) -> None:
+    async with async_sessionmaker(engine)() as session:
+        session.add(Account(id=1, email="dup@x"))
+        await session.commit()  # at:unique
+
+
+async def leak(engine: AsyncEngine) -> None:
+    """A checked-out connection dropped without close(); SQLAlchemy's pool logs it when the GC collects it."""
+    conn = await engine.connect()
+    await conn.execute(text("SELECT 1"))
+    del conn
+    gc.collect()
+
+
+async def terminate_cancelled(engine: AsyncEngine, stop: Callable[[int], Awaitable[None]]) -> None:
+    """The task is cancelled while the pool terminates its invalidated connection (the server does not answer)."""
+    async with engine.connect() as conn:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await stop(pid)
+        await conn.invalidate()  # at:terminate_cancelled

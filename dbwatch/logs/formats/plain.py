@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
+from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, Reader, Verdict, parse
 
 __all__ = ["PlainScanner", "is_record_start", "record_meta"]
@@ -25,11 +25,14 @@ BLOCK_MAX: Final = 64 * 1024  # longer texts are not cached
 CACHE_SIZE: Final = 512  # parsed tracebacks kept by their text: the same stack logged again costs a lookup
 _LEVELS: Final = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|EXCEPTION"
 # The first line of a log record: a leading timestamp (logging's asctime, ISO 8601, gunicorn's bracketed one,
-# syslog's) or a leading level (uvicorn's `ERROR:    `, basicConfig's `ERROR:root:`).
+# syslog's), a leading level (uvicorn's `ERROR:    `, basicConfig's `ERROR:root:`), or an access line in Common/
+# Combined Log Format (gunicorn's and nginx's `host ident user [dd/Mon/yyyy:hh:mm:ss +zzzz] "`), which a server
+# writes right after the traceback of a failed request.
 _START_RE: Final = re.compile(
     r"(?:\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?(?:Z|[+-]\d{2}:?\d{2}|UTC))?)\]?"
     r"|(?P<sys>[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2})"
-    rf"|(?P<lvl>(?:{_LEVELS})(?::|\s)))"
+    rf"|(?P<lvl>(?:{_LEVELS})(?::|\s))"
+    r"|(?P<clf>\S+ \S+ \S+ \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] \"))"
 )
 _LOGGER_RES: Final = (
     re.compile(rf"\[(?!(?:{_LEVELS})\])(?P<name>[A-Za-z_][\w.\-]*)\]"),  # `... ERROR [app.auth] msg`
@@ -155,6 +158,7 @@ class PlainScanner:
         cur_off, cur_idx = 0, 0  # incremental offset -> line index
         pending_from = -1
         found = [-2, -2]  # next match of each needle at or after pos (-2: not searched yet)
+        found_line = -2  # next match of LINE_NEEDLE
         while pos < end:
             ls = -1
             if pos == 0 and buf.startswith((_TB_B, _GROUP_B), 0, end):
@@ -165,6 +169,20 @@ class PlainScanner:
                         found[k] = buf.find(needle, max(pos - 1, 0), end)
                     if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
                         ls = found[k] + 1
+            if found_line != -1 and found_line < pos:
+                found_line = buf.find(LINE_NEEDLE, pos, end)
+            if found_line >= 0 and (ls < 0 or found_line < ls):  # a line that is an event on its own comes first
+                start = buf.rfind(b"\n", 0, found_line) + 1
+                stop = buf.find(b"\n", found_line, end)
+                stop = end if stop < 0 else stop
+                chain = line_event(_decode(buf[start:stop])) if start >= floor else None
+                if chain is not None:
+                    cur_idx += buf.count(b"\n", cur_off, start)
+                    cur_off = start
+                    self._emit_line(start, cur_idx, chain)
+                    floor = stop + 1
+                pos = stop + 1
+                continue
             if ls < 0:
                 pos = end
                 break
@@ -306,6 +324,15 @@ class PlainScanner:
                 break
             p = prev
         return ls, False
+
+    def _emit_line(self, start: int, idx: int, chain: Chain) -> None:
+        """A one-line event (no traceback)."""
+        nl = self._buf.find(b"\n", start)
+        ts, logger = record_meta(_decode(self._buf[start:nl]))
+        if ts is None and self._mapped and idx < len(self._infos):
+            ts = self._infos[idx].time
+        self._stats.events += 1
+        self._sink(Event(self._line_no(idx), self._line_last(idx), ts, logger, chain))
 
     def _emit(self, buf: bytearray, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
         if truncated:

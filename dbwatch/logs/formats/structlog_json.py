@@ -7,11 +7,11 @@ same file is still assembled; in a native JSON file they also count as unmatched
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from dbwatch.logs.formats.plain import PlainScanner
-from dbwatch.logs.record import Event, LineInfo, RecordHook, Sink, Stats
+from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
 
 __all__ = ["JsonLines", "chain_of", "record_fields"]
@@ -34,22 +34,33 @@ def _text_chain(text: str, *, whole: bool = False) -> Chain | None:
 
 
 def chain_of(obj: Mapping[str, Any]) -> Chain | None:
-    """The traceback a JSON record carries, if any."""
+    """The traceback a JSON record carries, if any; of several forms (structured and text), the most complete."""
+    best: Chain | None = None
+    for chain in _chains(obj):
+        if best is None or chain.lost < best.lost:
+            best = chain
+        if best.lost == 0:
+            break
+    return best
+
+
+def _chains(obj: Mapping[str, Any]) -> Iterator[Chain]:
     for key in EXC_KEYS:
         value = obj.get(key)
+        chain = None
         if isinstance(value, str) and "most recent call last" in value:
             chain = _text_chain(value, whole=True)
-            if chain is not None:
-                return chain
         elif isinstance(value, list) and value and isinstance(value[0], dict) and "exc_type" in value[0]:
             chain = from_dicts(value)
-            if chain is not None:
-                return chain
+        if chain is not None:
+            yield chain
     for key in MSG_KEYS:
         value = obj.get(key)
         if isinstance(value, str) and "most recent call last" in value:
-            return _text_chain(value)
-    return None
+            chain = _text_chain(value)
+            if chain is not None:
+                yield chain
+            return
 
 
 def record_fields(obj: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
@@ -131,6 +142,12 @@ class JsonLines:
         msg, ts, logger = record_fields(obj)
         if self._on_record is not None:
             self._on_record(msg, obj)
+        if LINE_NEEDLE in raw:
+            line_chain = line_event(msg)
+            if line_chain is not None:
+                self._stats.events += 1
+                self._sink(Event(info.first, info.last, ts or info.time, logger, line_chain))
+                return True
         if b"most recent call last" not in raw and b'"exc_type"' not in raw:
             return True
         chain = chain_of(obj)

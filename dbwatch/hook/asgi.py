@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
@@ -18,9 +19,9 @@ from dbwatch import labels
 from dbwatch.hook import wire
 from dbwatch.hook.reporter import get_reporter
 from dbwatch.logs.classify import AppRules, classify_event
-from dbwatch.logs.traceback import Chain, Exc
+from dbwatch.logs.traceback import Chain, Exc, Frame
 
-__all__ = ["DbwatchASGIMiddleware", "category"]
+__all__ = ["DbwatchASGIMiddleware", "category", "classified"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,6 +34,7 @@ _BUCKETS: Final = wire.LAYOUTS["request"]
 _MAX_CHAIN: Final = 8
 _MAX_GROUP: Final = 20
 _MAX_MESSAGE: Final = 2000
+_MAX_FRAMES: Final = 64
 _NO_APP_FRAMES: Final = AppRules()
 
 
@@ -47,7 +49,11 @@ def _exc(e: BaseException, depth: int) -> Exc:
     subs = getattr(e, "exceptions", None) if isinstance(e, BaseExceptionGroup) else None
     if subs and depth < 3:
         group = tuple(_chain(sub, depth + 1) for sub in subs[:_MAX_GROUP])
-    return Exc(name, message, group=group, is_group=bool(group))
+    # function names let rules that look at where an exception was raised (terminate_cancelled) decide as well
+    frames = tuple(
+        Frame(f.f_code.co_filename, line, f.f_code.co_name) for f, line in traceback.walk_tb(e.__traceback__)
+    )[-_MAX_FRAMES:]
+    return Exc(name, message, frames, group=group, is_group=bool(group))
 
 
 def _chain(exc: BaseException, depth: int = 0) -> Chain:
@@ -68,6 +74,14 @@ def _chain(exc: BaseException, depth: int = 0) -> Chain:
 def category(exc: BaseException) -> str:
     """The log-watching category (dbwatch.logs.classify, one closed set) of a live exception and its chain."""
     return classify_event(_chain(exc), _NO_APP_FRAMES).category.value
+
+
+def classified(exc: BaseException) -> tuple[str, str]:
+    """(exception, category) of a live exception as the log watcher has them: the class that decided the category
+    (a StatementError wrapping a MissingGreenlet is `sqlalchemy.exc.MissingGreenlet`), and the category."""
+    c = classify_event(_chain(exc), _NO_APP_FRAMES)
+    name = c.counted[0].exception if len(c.counted) == 1 else type(exc).__name__
+    return name, c.category.value
 
 
 def _scope_route(scope: Scope) -> str | None:
@@ -144,7 +158,8 @@ class DbwatchASGIMiddleware:
                 row[i] += 1
                 row[-1] += elapsed
                 if exc is not None:
-                    key = (route, self._names(labels.exception(type(exc).__name__)), category(exc))
+                    name, cat = classified(exc)
+                    key = (route, self._names(labels.exception(name)), cat)
                     self._exceptions[key] = self._exceptions.get(key, 0) + 1
         except Exception:  # noqa: BLE001, S110 - the middleware never changes what the app does
             pass

@@ -50,14 +50,22 @@ async def sink() -> AsyncIterator[Sink]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def sa_url(pg: Any) -> URL:
-    """postgresql+asyncpg URL of the app role (the sentinel password travels only inside the URL object)."""
+DRIVERS = ("asyncpg", "psycopg")  # SQLAlchemy 2.1's default driver is psycopg 3; apps use either
+
+
+def url_for(pg: Any, driver: str) -> URL:
+    """A SQLAlchemy URL of the app role (the sentinel password travels only inside the URL object)."""
     return URL.create(
-        "postgresql+asyncpg",
+        f"postgresql+{driver}",
         username=pg.user,
         password=pg.password,
         host=pg.cluster.host,
         port=pg.port,
         database=pg.database,
     )
+
+
+@pytest.fixture(params=DRIVERS)
+def sa_url(pg: Any, request: pytest.FixtureRequest) -> URL:
+    """The app role's URL on each async driver: every test that takes it runs on asyncpg and on psycopg."""
+    return url_for(pg, request.param)

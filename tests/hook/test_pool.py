@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
+import time
 import weakref
 
 import pytest
@@ -18,7 +20,7 @@ from dbwatch import metrics as m
 from dbwatch.hook import instrument
 from dbwatch.hook.sqlalchemy import state_of
 from tests.helpers import eventually
-from tests.hook.conftest import Sink
+from tests.hook.conftest import Sink, url_for
 
 APP = "shop"
 
@@ -139,7 +141,11 @@ async def test_queuepool_under_the_same_load_is_not_flagged(sink: Sink, sa_url) 
 
 async def test_pre_ping_off_with_recycle_beyond_server_idle_timeout_flagged(sink: Sink, sa_url) -> None:
     """idle_session_timeout=60s on the server, pre_ping off, recycle never -> flagged; with pre_ping -> not."""
-    settings = {"server_settings": {"idle_session_timeout": "60000"}}
+    settings: dict[str, object] = (
+        {"server_settings": {"idle_session_timeout": "60000"}}
+        if sa_url.get_backend_name() == "postgresql" and sa_url.get_driver_name() == "asyncpg"
+        else {"options": "-c idle_session_timeout=60000"}  # libpq (psycopg): startup options
+    )
     risky = create_async_engine(sa_url, connect_args=settings)
     safe = create_async_engine(sa_url, connect_args=settings, pool_pre_ping=True)
     _hook(risky, sink, "risky")
@@ -169,7 +175,9 @@ async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url)
     labels = (APP, "events")
     await eventually(lambda: sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "hard") == 1)
     assert sink.counter(m.APP_POOL_INVALIDATIONS, *labels, "soft") == 1
-    assert sink.counter(m.APP_DBAPI_ERRORS, *labels, "UndefinedTableError") == 1
+    # the driver's class: asyncpg's UndefinedTableError, psycopg's UndefinedTable (both the SQLSTATE's name)
+    driver_class = "UndefinedTableError" if sa_url.get_driver_name() == "asyncpg" else "UndefinedTable"
+    assert sink.counter(m.APP_DBAPI_ERRORS, *labels, driver_class) == 1
     assert sink.counter(m.APP_POOL_CHECKINS, *labels) == 3
     assert sink.counter(m.APP_POOL_RESETS, *labels) == 2  # the hard-invalidated connection came back dead
     await engine.dispose()
@@ -286,9 +294,49 @@ async def test_overflow_in_use_reported(sink: Sink, sa_url) -> None:
     async with engine.connect() as a, engine.connect() as b:
         await a.execute(text("SELECT 1"))
         await b.execute(text("SELECT 1"))
-        await eventually(lambda: sink.gauge(m.APP_POOL_OVERFLOW, *labels) == 1)
-        assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 2
-    await eventually(lambda: sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 0)
-    assert sink.gauge(m.APP_POOL_OVERFLOW, *labels) == 0
+        # one report may fall between the overflow connection's creation and its checkout: wait for both
+        await eventually(
+            lambda: (sink.gauge(m.APP_POOL_OVERFLOW, *labels), sink.gauge(m.APP_POOL_CHECKED_OUT, *labels)) == (1, 2)
+        )
+    # and one between a checkin's count and the pool closing its overflow connection
+    await eventually(
+        lambda: (sink.gauge(m.APP_POOL_OVERFLOW, *labels), sink.gauge(m.APP_POOL_CHECKED_OUT, *labels)) == (0, 0)
+    )
     assert sink.gauge(m.APP_POOL_SETTING, *labels, "max_overflow") == 1
     await engine.dispose()
+
+
+def test_sync_psycopg_engine_waits_timeouts_and_errors_counted(sink: Sink, pg) -> None:
+    """A sync Engine on psycopg 3 (SQLAlchemy 2.1's default driver): threads wait and time out on a QueuePool of
+    two, DBAPI errors are counted by psycopg's class, the idle timeout is read from the server."""
+    engine = sqlalchemy.create_engine(url_for(pg, "psycopg"), pool_size=2, max_overflow=0, pool_timeout=0.5)
+    _hook(engine, sink, "sync")
+    release = threading.Event()
+    outcomes: list[str] = []
+
+    def holder() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                release.wait(10)
+            outcomes.append("ok")
+        except sa_exc.TimeoutError:
+            outcomes.append("timeout")
+
+    threads = [threading.Thread(target=holder) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(outcomes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["ok", "ok", "timeout", "timeout"]
+    with engine.connect() as conn, pytest.raises(sa_exc.ProgrammingError):
+        conn.execute(text("SELECT * FROM no_such_table"))
+    counters = state_of(engine).counters()  # type: ignore[union-attr]
+    assert (counters["checkouts"], counters["checkout_timeouts"], counters["connects_ok"]) == (3, 2, 2)
+    assert state_of(engine).errors == {"UndefinedTable": 1}  # type: ignore[union-attr]
+    assert state_of(engine).server_idle_timeout == 0.0  # type: ignore[union-attr]  # read: off on this server
+    engine.dispose()

@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval", type=float, default=5.0, metavar="SECONDS", help="probe interval (default %(default)s)"
     )
+    demo.add_argument(
+        "--driver",
+        choices=("asyncpg", "psycopg"),
+        default="asyncpg",
+        help="the demo app's async driver: asyncpg, or psycopg 3 (SQLAlchemy 2.1's default; default %(default)s)",
+    )
     scan = sub.add_parser(
         "scan",
         help="report the tracebacks in log files (offline)",
@@ -222,7 +228,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "demo":
             from dbwatch.demo import run_demo
 
-            return run_demo(parse_listen(args.listen, "--listen"), args.duration, args.interval)
+            return run_demo(parse_listen(args.listen, "--listen"), args.duration, args.interval, args.driver)
     except ConfigError as exc:
         sys.stderr.write(f"dbwatch: config error: {exc}\n")
         return EXIT_CONFIG

@@ -45,8 +45,11 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
-    """Run the demo until Ctrl-C/SIGTERM (or `duration` seconds); returns the exit code."""
+def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: str = "asyncpg") -> int:
+    """Run the demo until Ctrl-C/SIGTERM (or `duration` seconds); returns the exit code.
+
+    `driver` is the demo app's SQLAlchemy driver (asyncpg or psycopg); the target `demo` takes the app's URL as is.
+    """
     # SIGTERM during set-up must still clean up: turn it into KeyboardInterrupt until the loop takes over.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     host, port = listen
@@ -71,7 +74,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
                 "log: {level: info, format: console}\n"
                 "targets:\n"
                 "  - name: demo\n"
-                f"    dsn: 'postgresql+asyncpg://app:{password}@127.0.0.1:{cluster.port}/app'\n"
+                f"    dsn: 'postgresql+{driver}://app:{password}@127.0.0.1:{cluster.port}/app'\n"
                 f"    interval: {interval}\n"
                 f"    timeout: {min(interval, 3.0)}\n"
                 "    critical: true\n"
@@ -95,7 +98,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float) -> int:
             config = load(cfg_path)
             logsetup.configure("warning", "console", config.secrets(), stream=sys.stderr)
             _say(f"  PostgreSQL {cluster.bindir.parts[-2]} on 127.0.0.1:{cluster.port}, data in {cluster.base}")
-            app_dsn = f"postgresql+asyncpg://app:{password}@127.0.0.1:{cluster.port}/app"
+            app_dsn = f"postgresql+{driver}://app:{password}@127.0.0.1:{cluster.port}/app"
             with _workload(app_dsn, log_dir, app_port, login_password):
                 asyncio.run(_run(config, duration))
     except ClusterError as exc:
@@ -144,7 +147,8 @@ def _workload(dsn: str, log_dir: Path, port: int, password: str) -> Iterator[Non
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _say(f"  demo app (async SQLAlchemy, bugs now and then) logging to {log_dir}")
+    driver = dsn.split("://", 1)[0].partition("+")[2]
+    _say(f"  demo app (async SQLAlchemy on {driver}, bugs now and then) logging to {log_dir}")
     _say(f"  demo login endpoint http://127.0.0.1:{port}{LOGIN_PATH}, probed as target demo-login")
     try:
         yield

@@ -190,10 +190,12 @@ class Reader:
             self._st = _St.BLANK
             self._blank_run += 1
             return Verdict.ACCEPT if self._blank_run <= 2 else Verdict.END
-        if st in (_St.BLANK, _St.GROUP_DONE) or self._is_start(line) or line == TB_HEADER:
+        if st is _St.GROUP_DONE or self._is_start(line) or line == TB_HEADER:
             return Verdict.END
         if _GROUP_TOP_RE.match(line):
             return Verdict.END
+        # a message may hold blank lines (asyncpg's pgbouncer hint does): a line that starts no record goes on it
+        self._st, self._blank_run = _St.MESSAGE, 0
         self._msg += 1
         return Verdict.ACCEPT if self._msg <= MAX_MESSAGE_LINES else Verdict.END
 

@@ -28,6 +28,10 @@ _TB = [
     "  | ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)",
     "  +-+---------------- 1 ----------------",
     "    | asyncpg.exceptions.DeadlockDetectedError: deadlock detected",
+    "2026-01-02 03:04:06,000 ERROR [sqlalchemy.pool.impl.AsyncAdaptedQueuePool] The garbage collector is trying to"
+    " clean up non-checked-in connection <AdaptedConnection <c>>, which will be terminated.",  # a one-line event
+    "/x/weakref.py:590: SAWarning: The garbage collector is trying to clean up non-checked-in connection <c>",
+    '127.0.0.1 - - [02/Jan/2026:03:04:05 +0000] "GET / HTTP/1.1" 500 21 "-" "curl/8.5.0"',
 ]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, String, func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
@@ -202,3 +202,40 @@ async def terminate_cancelled(engine: AsyncEngine, stop: Callable[[int], Awaitab
         pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         await stop(pid)
         await conn.invalidate()  # at:terminate_cancelled
+
+
+_PAGES = text("SELECT count(*) FROM pg_class WHERE relpages >= :n")
+
+
+async def _pages(conn: AsyncConnection, times: int) -> None:
+    for _ in range(times):  # psycopg prepares a statement from its 5th execution on, asyncpg at once
+        await conn.execute(_PAGES, {"n": 0})  # at:prepared_twice
+        await conn.commit()
+
+
+async def prepared_missing(url: str) -> None:
+    """Through a transaction-mode pgbouncer: the next transaction runs on another server session than the one the
+    driver prepared its statement on (a second client holds the first)."""
+    a, b = create_async_engine(url, poolclass=NullPool), create_async_engine(url, poolclass=NullPool)
+    try:
+        async with a.connect() as first:
+            await _pages(first, 6)
+            async with b.connect() as second:
+                await second.execute(text("SELECT 1"))  # in a transaction on the server session `first` used
+                await first.execute(_PAGES, {"n": 0})  # at:prepared_missing
+    finally:
+        await a.dispose()
+        await b.dispose()
+
+
+async def prepared_twice(url: str) -> None:
+    """Through a transaction-mode pgbouncer: two clients whose driver names statements per connection (psycopg:
+    `_pg3_0`, ...) prepare on the same server session."""
+    a, b = create_async_engine(url, poolclass=NullPool), create_async_engine(url, poolclass=NullPool)
+    try:
+        async with a.connect() as first, b.connect() as second:
+            await _pages(first, 6)
+            await _pages(second, 6)
+    finally:
+        await a.dispose()
+        await b.dispose()

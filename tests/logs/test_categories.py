@@ -1,6 +1,6 @@
-"""The categories added for psycopg-era apps, from real output where it can be produced: greenlet not installed
-(a real SQLAlchemy 2.x in a process where greenlet cannot be imported), pgbouncer's prepared-statement errors
-(hand-written: they need a transaction-mode pooler), and exception groups whose sub-exceptions a log lost."""
+"""The categories added for psycopg-era apps, from real output: greenlet not installed (a real SQLAlchemy 2.x in a
+process where greenlet cannot be imported), pgbouncer's prepared-statement errors (a real pgbouncer in transaction
+mode), and exception groups whose sub-exceptions a log lost."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -24,7 +25,9 @@ from dbwatch.logs.scan import scan_file
 from dbwatch.logs.traceback import parse
 from dbwatch.pgcluster import free_port
 from dbwatch.store import Store
-from tests.logs import ormapp, wrap
+from tests.collectors.bouncer import Bouncer
+from tests.conftest import PG
+from tests.logs import orm_corpus, ormapp, wrap
 
 ROOT = Path(__file__).resolve().parents[2]
 NOGREENLET = str(Path(__file__).with_name("nogreenlet.py"))  # not imported here: it blocks greenlet for good
@@ -57,55 +60,45 @@ def test_greenlet_not_installed(nogreenlet_logs: dict[str, Path], fmt: str) -> N
     assert (c.location.path, c.location.line) == (NOGREENLET, ormapp.marker_line(marker, NOGREENLET))
 
 
-# pgbouncer in transaction mode hands a client's next transaction to another server session: the prepared
-# statements a driver made on the first are missing there, or a name it reuses exists already. Hand-written: the
-# shapes asyncpg (with its pgbouncer hint) and psycopg print through SQLAlchemy.
-PGBOUNCER = """\
-2026-01-02 03:04:05,678 ERROR [app] Request failed
-Traceback (most recent call last):
-  File "/srv/app/orders.py", line 40, in list_orders
-    rows = (await session.execute(select(Order))).all()
-  File "/usr/lib/python3/site-packages/sqlalchemy/dialects/postgresql/asyncpg.py", line 520, in _prepare_and_execute
-    prepared_stmt, attributes = await adapt_connection._prepare(operation, self._invalidate_schema_cache_asof)
-asyncpg.exceptions.DuplicatePreparedStatementError: prepared statement "__asyncpg_stmt_1a__" already exists
-HINT:
-NOTE: pgbouncer with pool_mode set to "transaction" or "statement" does not support prepared statements properly.\
-    You have two options:    * if you are using pgbouncer for connection pooling to a single server, switch to the\
- connection pool functionality provided by asyncpg, it is a much better option for this purpose;    * if you have no\
- option of avoiding the use of pgbouncer, then you can set statement_cache_size to 0 when creating the asyncpg\
- connection object.
-127.0.0.1 - - [02/Jan/2026:03:04:05 +0000] "GET /orders HTTP/1.1" 500 21 "-" "curl/8.5.0"
-2026-01-02 03:04:06,001 ERROR [app] Request failed
-Traceback (most recent call last):
-  File "/srv/app/orders.py", line 52, in get_order
-    return await session.get(Order, order_id)
-  File "/usr/lib/python3/site-packages/psycopg/cursor_async.py", line 117, in execute
-    raise ex.with_traceback(None)
-psycopg.errors.InvalidSqlStatementName: prepared statement "_pg3_4" does not exist
-
-The above exception was the direct cause of the following exception:
-
-Traceback (most recent call last):
-  File "/srv/app/orders.py", line 52, in get_order
-    return await session.get(Order, order_id)
-sqlalchemy.exc.ProgrammingError: (psycopg.errors.InvalidSqlStatementName) prepared statement "_pg3_4" does not exist
-[SQL: SELECT orders.id FROM orders WHERE orders.id = %(pk_1)s::INTEGER]
-(Background on this error at: https://sqlalche.me/e/21/f405)
-"""
+PGBOUNCER_CASES = (
+    ("asyncpg", orm_corpus.Case("prepared_missing", "pooler_prepared_statement", "prepared_missing")),
+    ("psycopg", orm_corpus.Case("prepared_missing", "pooler_prepared_statement", "prepared_missing")),
+    # asyncpg names statements from a process-wide counter, so only psycopg's per-connection names collide
+    ("psycopg", orm_corpus.Case("prepared_twice", "pooler_prepared_statement", "prepared_twice")),
+)
 
 
-def test_pgbouncer_prepared_statements(tmp_path: Path) -> None:
-    """asyncpg's DuplicatePreparedStatementError and psycopg's InvalidSqlStatementName: one category, the app line,
-    and the access line after the first is not part of it."""
-    path = tmp_path / "app.log"
-    path.write_text(PGBOUNCER)
-    events = scan_file(path).events
-    got = [(c.category, c.location.line if c.location else None, c.counted[0].exception) for _e, c in events]
-    assert got == [
-        (Category.POOLER_PREPARED_STATEMENT, 40, "asyncpg.exceptions.DuplicatePreparedStatementError"),
-        (Category.POOLER_PREPARED_STATEMENT, 52, "psycopg.errors.InvalidSqlStatementName"),
+@pytest.fixture(scope="module")
+def pgbouncer_logs(pg: PG, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real errors through Debian's pgbouncer 1.18 in transaction mode (no prepared-statement support), logged in
+    every format."""
+    pg.cluster.psql("CREATE ROLE pgbapp LOGIN PASSWORD 'pgb-pw'")
+    runs = {"prepared_missing": ormapp.prepared_missing, "prepared_twice": ormapp.prepared_twice}
+    cases: list[tuple[orm_corpus.Case, Any]] = []
+    with Bouncer(pg.cluster.host, pg.cluster.port, [pg.database], "pgbapp", "pgb-pw") as bouncer:
+        for driver, case in PGBOUNCER_CASES:
+            url = bouncer.dsn(pg.database).replace("postgresql://", f"postgresql+{driver}://", 1)
+            try:
+                asyncio.run(runs[case.name](url))
+            except Exception:
+                cases.append((case, sys.exc_info()))
+            else:
+                raise AssertionError(f"{driver} {case.name} did not fail")
+    return orm_corpus.write_all(cases, tmp_path_factory.mktemp("pgbouncer"))
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json", "dict", "cri", "docker"])
+def test_pgbouncer_prepared_statements(pgbouncer_logs: dict[str, Path], fmt: str) -> None:
+    """asyncpg's InvalidSQLStatementNameError (with its multi-line pgbouncer hint), psycopg's InvalidSqlStatementName
+    and DuplicatePreparedStatement: one event each, one category, the app line."""
+    events = scan_file(pgbouncer_logs[fmt]).events
+    got = [(c.category.value, c.location.line if c.location else None) for _e, c in events]
+    assert got == [(case.category, ormapp.marker_line(case.marker or "")) for _d, case in PGBOUNCER_CASES]
+    assert [c.counted[0].exception.rsplit(".", 1)[-1] for _e, c in events] == [
+        "InvalidSQLStatementNameError",
+        "InvalidSqlStatementName",
+        "DuplicatePreparedStatement",
     ]
-    assert events[0][0].last_line == 9
 
 
 async def _two_failures() -> None:

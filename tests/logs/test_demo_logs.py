@@ -20,9 +20,11 @@ def _line(marker: str) -> int:
 
 
 def test_demo_prints_logged_exceptions_with_their_code_lines() -> None:
+    """On psycopg 3 (`--driver psycopg`; the other demo tests run on asyncpg): the same categories at the same lines,
+    though psycopg's dialect wraps the MissingGreenlet in a StatementError."""
     greenlet = f"missing_greenlet=\\d+ at dbwatch/demo_workload.py:{_line('# MissingGreenlet')}"
     detached = f"lazy_load=\\d+ at dbwatch/demo_workload.py:{_line('# DetachedInstanceError')}"
-    proc = demo_process("--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1")
+    proc = demo_process("--listen", "127.0.0.1:0", "--duration", "60", "--interval", "1", "--driver", "psycopg")
     assert proc.stdout is not None
     seen: list[str] = []
     deadline = time.monotonic() + 50
@@ -37,3 +39,4 @@ def test_demo_prints_logged_exceptions_with_their_code_lines() -> None:
         rest, _ = proc.communicate(timeout=30)
     assert re.search(greenlet, "".join(seen)), "".join(seen[-20:])
     assert "cluster removed" in rest
+    assert any("async SQLAlchemy on psycopg" in line for line in seen)

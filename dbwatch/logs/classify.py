@@ -176,16 +176,19 @@ def qualify(name: str, known: Mapping[str, str] | None = None) -> str:
 
 
 def _qualified(chain: Chain) -> list[str]:
-    """Each exception's class, qualified: bare names (structlog's dict form) from the classes SQLAlchemy's messages
-    name (`(psycopg.errors.X) ...`, `<class 'asyncpg.exceptions.X'>`), else from the table."""
+    """Each exception's class, qualified: a bare name (structlog's dict form) from the class that an outer
+    exception's message names (SQLAlchemy names the DBAPI error it wraps: `(psycopg.errors.X) ...`,
+    `<class 'asyncpg.exceptions.X'>`), else from the table. Only outer messages count: SQLAlchemy's own
+    `OperationalError` says `(psycopg.OperationalError) ...` of the one inside it."""
     known: dict[str, str] = {}
-    for exc in chain.excs:
+    names: list[str] = []
+    for exc in chain.excs:  # outermost first
+        names.append(qualify(exc.cls, known))
         for m in _NAMED_RE.finditer(exc.message[:500]):
             if m.group(2):  # <class 'asyncpg.exceptions.X'>: the driver's own class, over its adapter's
                 known[m.group(2).rsplit(".", 1)[-1]] = m.group(2)
             else:
                 known.setdefault(m.group(1).rsplit(".", 1)[-1], m.group(1))
-    names = [qualify(e.cls, known) for e in chain.excs]
     # SQLAlchemy's asyncpg adapter re-raises the driver's error under the same name: the inner one is asyncpg's.
     for k in range(1, len(names)):
         if names[k] == names[k - 1] and names[k].startswith(_ASYNCPG_ADAPTER) and "." not in chain.excs[k].cls:

@@ -108,6 +108,11 @@ def test_final_and_root_classes_as_python_prints_them(orm_logs: tuple[str, dict[
         "sqlalchemy.exc.DBAPIError" if driver == "asyncpg" else "sqlalchemy.exc.OperationalError"
     )
     assert dict_by_name["unique"].counted[0].exception == by_name["unique"].counted[0].exception == roots["unique"]
+    # where SQLAlchemy wraps a psycopg error, the dict form's bare names get the text form's modules back, the
+    # wrapper's (sqlalchemy.exc.OperationalError) and the driver's (psycopg.OperationalError) alike
+    for name in ("too_many", "statement_timeout", "deadlock", "terminated", "unique") if driver == "psycopg" else ():
+        got = (dict_by_name[name].final_class, dict_by_name[name].root_class)
+        assert got == (by_name[name].final_class, by_name[name].root_class), name
 
 
 @pytest.mark.parametrize("fmt", ["plain", "dict", "docker"])

@@ -120,6 +120,7 @@ class CollectConfig:
     collectors: tuple[str, ...] = ()
     dsn: DSN | None = None  # the monitoring role's DSN (default: the target's, which the probe uses)
     mode: str = "auto"  # auto: one instance per database (advisory lock) | always: central | never: sidecar
+    lock_target: str | None = None  # pgbouncer: collected by whichever instance collects this postgres target
     interval: float = 15.0
     budget: float = 5.0
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
@@ -331,6 +332,7 @@ def _redacted_collect(c: CollectConfig) -> dict[str, Any]:
         "collectors": list(c.collectors),
         **({"dsn": str(c.dsn)} if c.dsn else {}),
         "mode": c.mode,
+        **({"lock_target": c.lock_target} if c.lock_target else {}),
         "interval": c.interval,
         "budget": c.budget,
         "max_label_values": c.max_label_values,
@@ -631,7 +633,7 @@ def _names(value: Any, path: str) -> tuple[str, ...]:
 
 def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) -> CollectConfig:
     node = _Node(raw, path).only(
-        "collectors", "dsn", "dsn_env", "dsn_file", "mode", "interval", "budget", "max_label_values"
+        "collectors", "dsn", "dsn_env", "dsn_file", "mode", "lock_target", "interval", "budget", "max_label_values"
     )
     dsn = _dsn(node) if any(node.has(k) for k in ("dsn", "dsn_env", "dsn_file")) else None
     if dsn is not None and kind != "postgres":
@@ -651,8 +653,19 @@ def _collect(raw: Any, path: str, kind: str, interval: float, timeout: float) ->
         raise ConfigError(f"{path}.budget: must not exceed the collection interval ({c_interval:g}s)")
     cap = node.take("max_label_values", _positive_int, DEFAULT_MAX_LABEL_VALUES)
     mode = node.take("mode", _choice(COLLECT_MODES), "auto")
+    lock_target = node.take("lock_target", _str, "") or None
+    if lock_target is not None and kind != "pgbouncer":
+        raise ConfigError(f"{path}.lock_target: only for pgbouncer targets (a postgres target has its own lock)")
     node.done()
-    return CollectConfig(collectors=names, dsn=dsn, mode=mode, interval=c_interval, budget=budget, max_label_values=cap)
+    return CollectConfig(
+        collectors=names,
+        dsn=dsn,
+        mode=mode,
+        lock_target=lock_target,
+        interval=c_interval,
+        budget=budget,
+        max_label_values=cap,
+    )
 
 
 def _common(node: _Node, defaults: tuple[float, float]) -> tuple[float, float, bool, float, bool]:
@@ -1193,6 +1206,15 @@ def from_mapping(raw: object) -> Config:
             raise ConfigError(f"targets[{i}].name: duplicate name {t.name!r} (also targets[{seen[t.name]}])")
         seen[t.name] = i
         targets.append(t)
+    by_name_early = {t.name: t for t in targets}
+    for i, t in enumerate(targets):
+        lead = by_name_early.get(t.collect.lock_target or "")
+        if t.collect.lock_target is not None and (
+            lead is None or lead.kind != "postgres" or not lead.collect.collectors or lead.collect.mode == "never"
+        ):
+            raise ConfigError(
+                f"targets[{i}].collect.lock_target: no postgres target named {t.collect.lock_target!r} that collects"
+            )
     raw_hook: object = node.take("hook", lambda v, p: v, None)
     hook = _hook(raw_hook, "hook") if raw_hook is not None else None
     raw_slos: object = node.take("slos", lambda v, p: v, [])

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from dbwatch import metrics as m
 from dbwatch.config import Target
 from dbwatch.store import Store
 
-__all__ = ["LOCK_CLASSID", "LOCK_OBJID", "Coordinator", "Standby", "keepalive_settings"]
+__all__ = ["LOCK_CLASSID", "LOCK_OBJID", "Coordinator", "Follower", "Share", "Standby", "keepalive_settings"]
 
 # pg_try_advisory_lock(int4, int4): 'dbwc' and 1 (database-wide collectors). Advisory locks are per database.
 LOCK_CLASSID: Final = 0x64627763
@@ -42,6 +42,26 @@ LOCK_FREE_COLUMN: Final = (
     f" AND classid = {LOCK_CLASSID} AND objid = {LOCK_OBJID} AND objsubid = 2) AS lock_free"
 )
 KEEPALIVE_COUNT: Final = 3
+
+
+class Share(Protocol):
+    """What a monitoring connection and its collector jobs ask of a target's share of the database-wide work."""
+
+    takes_lock: bool
+    mode: str
+
+    @property
+    def holder(self) -> bool: ...
+
+    def waker(self) -> asyncio.Event: ...
+
+    def may_connect(self) -> bool: ...
+
+    def acquired(self, got: bool) -> None: ...
+
+    def released(self) -> None: ...
+
+    def lost_race(self) -> None: ...
 
 
 class Standby(Exception):
@@ -71,6 +91,8 @@ def keepalive_bound(target: Target) -> float:
 class Coordinator:
     """One target's share of the database-wide work: whether this instance may open the session and collect."""
 
+    takes_lock = True
+
     def __init__(self, target: Target, store: Store) -> None:
         self.target = target.name
         self.mode = target.collect.mode
@@ -79,6 +101,7 @@ class Coordinator:
         # Try once at start-up; afterwards only when a probe saw the lock free (or after losing our own session).
         self._free_seen = self.mode != "never"
         self._wakers: list[asyncio.Event] = []
+        self._follower_wakers: list[asyncio.Event] = []  # pgbouncer targets collected where this one is
         self._source = ("coordination", target.name)
         store.set(self._source, m.DATABASE_WIDE_COLLECTING, (self.target, self.mode), 0.0)
         store.inc(m.COORDINATION_TAKEOVERS, (self.target,), 0)
@@ -87,6 +110,12 @@ class Coordinator:
         """An event set when this instance should try to collect now (one per collector job)."""
         event = asyncio.Event()
         self._wakers.append(event)
+        return event
+
+    def follower_waker(self) -> asyncio.Event:
+        """An event set when this instance takes the lock (for a Follower's collector jobs)."""
+        event = asyncio.Event()
+        self._follower_wakers.append(event)
         return event
 
     # The probe's side.
@@ -118,6 +147,8 @@ class Coordinator:
                 event.clear()
         if got:
             self._store.inc(m.COORDINATION_TAKEOVERS, (self.target,))
+            for event in self._follower_wakers:
+                event.set()
         self._store.set(self._source, m.DATABASE_WIDE_COLLECTING, (self.target, self.mode), float(self.holder))
 
     def lost_race(self) -> None:
@@ -130,3 +161,39 @@ class Coordinator:
             self._free_seen = True
         self.holder = False
         self._store.set(self._source, m.DATABASE_WIDE_COLLECTING, (self.target, self.mode), 0.0)
+
+
+class Follower:
+    """A pgbouncer target's share (`collect.lock_target`): collected where the named postgres target is collected.
+
+    pgbouncer's admin console has no advisory locks, so the instance that holds the postgres target's lock also
+    collects the pgbouncer target; the others hold no session to pgbouncer either.
+    """
+
+    takes_lock = False
+
+    def __init__(self, leader: Coordinator) -> None:
+        self._leader = leader
+        self.mode = leader.mode
+
+    @property
+    def holder(self) -> bool:
+        """Whether this instance collects now: it does the leader's database-wide work."""
+        return self._leader.holder
+
+    def waker(self) -> asyncio.Event:
+        """Set when the leader takes its lock, so the pgbouncer collectors start at once too."""
+        return self._leader.follower_waker()
+
+    def may_connect(self) -> bool:
+        """Only where the leader collects."""
+        return self._leader.holder
+
+    def acquired(self, got: bool) -> None:
+        """Nothing to take: the leader's lock decides."""
+
+    def released(self) -> None:
+        """Nothing to release."""
+
+    def lost_race(self) -> None:
+        """No race: the leader's lock decides."""

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import asyncpg
@@ -22,7 +22,15 @@ import structlog
 
 from dbwatch import metrics as m
 from dbwatch.config import Target
-from dbwatch.coordination import TRY_LOCK_SQL, Coordinator, Standby, keepalive_bound, keepalive_settings
+from dbwatch.coordination import (
+    TRY_LOCK_SQL,
+    Coordinator,
+    Follower,
+    Share,
+    Standby,
+    keepalive_bound,
+    keepalive_settings,
+)
 from dbwatch.errors import Reason, classify
 from dbwatch.probes.pgbouncer import connect_pgbouncer
 from dbwatch.probes.postgres import connect_kwargs
@@ -124,7 +132,7 @@ class MonitorConnection:
         target: Target,
         store: Store,
         clock: Callable[[], float] = time.monotonic,
-        coordinator: Coordinator | None = None,
+        coordinator: Share | None = None,
     ) -> None:
         self._target = target
         self._coordinator = coordinator
@@ -170,7 +178,9 @@ class MonitorConnection:
 
     async def _ensure(self) -> Any:
         if self._conn is not None and not _is_closed(self._conn):
-            return self._conn
+            if self._coordinator is None or self._coordinator.may_connect():
+                return self._conn
+            await self.close()  # a follower whose leader stopped collecting: no session here either
         if self._conn is not None:
             self._lost()
         if self._coordinator is not None and not self._coordinator.may_connect():
@@ -191,7 +201,7 @@ class MonitorConnection:
                 self._coordinator.lost_race()
                 raise Standby("lost the takeover race at the connection limit") from exc
             raise
-        if self._coordinator is not None:
+        if self._coordinator is not None and self._coordinator.takes_lock:
             await self._take_lock(conn)
         self._conn = conn
         self._store.inc(m.MONITOR_ATTEMPTS, (self.name, "ok"))
@@ -265,12 +275,13 @@ class Monitors:
         self._store = store
         self._by_target: dict[str, MonitorConnection] = {}
         self._coordinators: dict[str, Coordinator] = {}
+        self._lock_targets: dict[str, Target] = {}
 
     def get(self, target: Target) -> MonitorConnection:
         """The target's one connection (created on first ask)."""
         mc = self._by_target.get(target.name)
         if mc is None:
-            coordinator = self.coordinator(target)
+            coordinator = self.share(target)
             mc = self._by_target[target.name] = MonitorConnection(target, self._store, coordinator=coordinator)
         return mc
 
@@ -282,6 +293,18 @@ class Monitors:
         if c is None:
             c = self._coordinators[target.name] = Coordinator(target, self._store)
         return c
+
+    def share(self, target: Target) -> Share | None:
+        """What decides whether this instance collects the target: its lock, or its lock_target's (pgbouncer)."""
+        if target.kind == "pgbouncer" and target.collect.lock_target is not None and target.collect.mode == "auto":
+            leader = self._lock_targets.get(target.collect.lock_target)
+            coordinator = self.coordinator(leader) if leader is not None else None
+            return Follower(coordinator) if coordinator is not None else None
+        return self.coordinator(target)
+
+    def register(self, targets: Iterable[Target]) -> None:
+        """Know the config's targets, so a pgbouncer target can follow its lock_target."""
+        self._lock_targets.update((t.name, t) for t in targets)
 
     async def close(self) -> None:
         """Close every connection."""

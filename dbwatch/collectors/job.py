@@ -12,7 +12,7 @@ import psycopg
 from dbwatch import metrics as m
 from dbwatch.collectors import COLLECTORS, Collector, Scope
 from dbwatch.config import Target
-from dbwatch.coordination import Coordinator
+from dbwatch.coordination import Share
 from dbwatch.metrics import MetricSpec, MetricType
 from dbwatch.monconn import MonitorConnection, Monitors
 from dbwatch.store import Labels, Sample, Store
@@ -40,7 +40,7 @@ class CollectorJob:
         collector: Collector,
         monitor: MonitorConnection,
         store: Store,
-        coordinator: Coordinator | None = None,
+        coordinator: Share | None = None,
     ) -> None:
         self._collector = collector
         self._coordinator = coordinator
@@ -99,11 +99,13 @@ def collector_jobs(targets: Iterable[Target], store: Store, monitors: Monitors) 
     `collect.mode: never` runs none (a central dbwatch collects that database).
     """
     jobs: list[CollectorJob] = []
+    targets = list(targets)
+    monitors.register(targets)
     for t in targets:
         if t.collect.mode == "never":
             continue
         scope = Scope(target=t.name, max_label_values=t.collect.max_label_values)
-        coordinator = monitors.coordinator(t)
+        coordinator = monitors.share(t)
         for name in t.collect.collectors:
             store.set(("info", t.name), m.JOB_INFO, (name, t.name, "database"), 1)
             jobs.append(CollectorJob(t, COLLECTORS[name](scope), monitors.get(t), store, coordinator))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from typing import Any
 
 import asyncpg
+import pytest
 
 from dbwatch import metrics as m
 from dbwatch.coordination import keepalive_bound
+from tests.collectors.bouncer import Bouncer
 from tests.collectors.conftest import harness
 from tests.helpers import Daemon, eventually, running
 
@@ -117,3 +121,65 @@ async def test_monitoring_session_bounds_a_cut_off_holder(pg) -> None:
         }
         assert keepalive_bound(h.target) == 13.0
         assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
+
+
+async def test_pgbouncer_target_follows_its_lock_target(pg_factory) -> None:
+    """collect.lock_target: the pgbouncer target is collected where the postgres target is, and nowhere else."""
+    pg = pg_factory()
+    with Bouncer(pg.cluster.host, pg.port, ["appdb"], pg.user, pg.password) as b:
+        bouncer = {
+            "name": "bouncer",
+            "kind": "pgbouncer",
+            "dsn": b.dsn("pgbouncer"),
+            "interval": INTERVAL,
+            "timeout": TIMEOUT,
+            "collect": {"lock_target": "db"},
+        }
+        config = {"targets": [_target(pg.dsn), bouncer]}
+        stacks = [contextlib.AsyncExitStack() for _ in range(2)]
+        try:
+            ds = [await s.enter_async_context(running(config)) for s in stacks]
+
+            async def pgbouncer_only_on_holder() -> Daemon | None:
+                holder = await _one_collects(ds)
+                if holder is None:
+                    return None
+                bodies = {id(d): await d.metrics() for d in ds}
+                on = [d for d in ds if "\ndbwatch_pgbouncer_queries_total{" in bodies[id(d)]]
+                return holder if on == [holder] else None
+
+            holder = await eventually(pgbouncer_only_on_holder, timeout=10)
+            await stacks[ds.index(holder)].aclose()
+            rest = [d for d in ds if d is not holder]
+            (other,) = rest
+            await eventually(lambda: _one_collects(rest), timeout=2 * (INTERVAL + TIMEOUT) + 3)
+            await eventually(lambda: other.store.counter_value(m.JOB_RUNS, ("pgbouncer", "bouncer", "ok")) >= 1)
+        finally:
+            for s in stacks:
+                await s.aclose()
+
+
+async def test_a_holder_whose_session_stops_answering_drops_it_and_its_series(pg_factory) -> None:
+    """The holder's backend stops answering (SIGSTOP, as a cut network looks from the client): its next collection
+    runs out of budget, and the holder drops the session, its series and its role at once (no stale duplicate)."""
+    pg = pg_factory()
+    admin = await asyncpg.connect(**pg.cluster.superuser_kwargs())
+    try:
+        async with harness(pg.dsn, budget="500ms") as h:
+            await h.collect("pg_activity")
+            assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) is not None
+            assert h.store.gauge_value(m.DATABASE_WIDE_COLLECTING, ("db", "auto")) == 1.0
+            pid = await admin.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'dbwatch' AND usename = 'app'"
+            )
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TimeoutError):
+                    await h.collect("pg_activity")
+                assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) is None
+                assert h.store.gauge_value(m.DATABASE_WIDE_COLLECTING, ("db", "auto")) == 0.0
+                assert h.store.gauge_value(m.MONITOR_UP, ("db",)) == 0.0
+            finally:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        await admin.close()

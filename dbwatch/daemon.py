@@ -102,6 +102,7 @@ class _GuardedSite(web.TCPSite):
         self._limits = limits
         self._store = store
         self._live: set[_Guard] = set()
+        self._logged: set[str] = set()
         for reason in REJECT_REASONS:
             store.inc(m.HTTP_REJECTED, (reason,), 0)
 
@@ -120,7 +121,11 @@ class _GuardedSite(web.TCPSite):
         )
 
     def reject(self, reason: str) -> None:
+        """Count a closed connection; the first of each reason is logged (then only counted, as a flood would be)."""
         self._store.inc(m.HTTP_REJECTED, (reason,))
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("http_connection_closed", reason=reason, first=True)
 
 
 class _Guard(asyncio.Protocol):

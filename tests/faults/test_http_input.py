@@ -10,10 +10,12 @@ import ctypes.util
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import bcrypt
 import pytest
+import structlog
 
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
@@ -77,6 +79,11 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool
 async def test_half_sent_heads_silent_and_idle_connections_are_closed() -> None:
     """Half a head, a head trickled byte by byte, nothing at all, an idle keep-alive: each closed by its timeout."""
     limits = HTTPLimits(header_timeout=0.5, idle_timeout=1.0, max_connections=100)
+    with structlog.testing.capture_logs() as events:
+        await _heads_and_idle(limits, events)
+
+
+async def _heads_and_idle(limits: HTTPLimits, events: list[dict[str, Any]]) -> None:
     async with serving(limits) as srv:
         conns = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(30)]
         for _, writer in conns[:20]:
@@ -98,6 +105,8 @@ async def test_half_sent_heads_silent_and_idle_connections_are_closed() -> None:
         assert all(closed)
         await trickling
         assert srv.rejected("header_timeout") == 30
+        closed_logs = [e for e in events if e["event"] == "http_connection_closed"]
+        assert [e["reason"] for e in closed_logs] == ["header_timeout"]  # once, however many
         async with aiohttp.ClientSession() as s, s.get(srv.base + "/healthz") as r:
             assert r.status == 200  # the server serves on
         for _, w in [*conns, (keep_reader, keep)]:

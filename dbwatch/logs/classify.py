@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -382,20 +383,23 @@ def redact(message: str) -> str:
 
 
 class Classifier:
-    """classify_event with a small cache by chain identity (the plain scanner hands out one Chain per distinct text)."""
+    """classify_event with a cache by chain identity (the plain scanner hands out one Chain per distinct text).
+
+    The cache holds weak references: an entry lives only as long as its chain does (the parse cache owns the
+    chains it hands out again), so it never keeps a large chain, or its verdict, alive by itself.
+    """
 
     __slots__ = ("_cache", "_rules")
 
-    def __init__(self, rules: AppRules, size: int = 512) -> None:
+    def __init__(self, rules: AppRules) -> None:
         self._rules = rules
-        self._cache: dict[int, tuple[Chain, Classified]] = {}
+        self._cache: dict[int, tuple[weakref.ref[Chain], Classified]] = {}
 
     def __call__(self, chain: Chain) -> Classified:
-        hit = self._cache.get(id(chain))
-        if hit is not None and hit[0] is chain:
+        key = id(chain)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0]() is chain:
             return hit[1]
         result = classify_event(chain, self._rules)
-        if len(self._cache) >= 512:
-            self._cache.clear()
-        self._cache[id(chain)] = (chain, result)
+        self._cache[key] = (weakref.ref(chain, lambda _r: self._cache.pop(key, None)), result)
         return result

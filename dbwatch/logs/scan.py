@@ -9,33 +9,90 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Final
 
 from dbwatch.logs.classify import AppRules, Category, Classified, Classifier
-from dbwatch.logs.formats import Splitter
+from dbwatch.logs.formats import ParseCache, Splitter
 from dbwatch.logs.record import Event, Stats
 from dbwatch.logs.traceback import Chain, Frame
 
-__all__ = ["FileReport", "scan_file", "scan_files", "summary", "to_json", "to_text", "write_json"]
+__all__ = [
+    "FileReport",
+    "JsonWriter",
+    "Tally",
+    "scan_file",
+    "scan_files",
+    "summary",
+    "to_json",
+    "to_text",
+    "write_json",
+]
 
 READ_SIZE: Final = 1 << 20
 STDIN: Final = "-"
 PROGRESS_MIN_BYTES: Final = 8 << 20
+MAX_KEYS: Final = 1000  # distinct classes / code lines tallied per table; later ones are counted under OTHER
+OTHER: Final = "(other)"
+EXAMPLE_CHARS: Final = 150
 _NONE: Final = Chain(())
+
+
+def _bump(table: Counter[str], key: str, n: int = 1) -> None:
+    table[key if key in table or len(table) < MAX_KEYS else OTHER] += n
+
+
+@dataclass(slots=True)
+class Tally:
+    """The report's totals, kept as events go by: its size depends on the distinct keys (capped), not on events."""
+
+    events: int = 0
+    by_category: Counter[str] = field(default_factory=lambda: Counter({c.value: 0 for c in Category}))
+    by_final: Counter[str] = field(default_factory=Counter)
+    by_root: Counter[str] = field(default_factory=Counter)
+    where: dict[str, Counter[str]] = field(default_factory=dict)  # category -> code line -> count
+    example: dict[str, str] = field(default_factory=dict)  # category -> first `class: message line`
+
+    def add(self, c: Classified, rules: AppRules) -> None:
+        self.events += 1
+        _bump(self.by_final, c.final_class)
+        for v in c.counted:
+            self.by_category[v.category.value] += 1
+            loc = f"{rules.label(v.location)} in {v.location.function}" if v.location else "(no app frame)"
+            _bump(self.where.setdefault(v.category.value, Counter()), loc)
+            if v.category.value not in self.example:
+                first = c.message.split("\n", 1)[0][:EXAMPLE_CHARS] if c.message else ""
+                self.example[v.category.value] = f"{v.exception}: {first}"
+        for root in [v.exception for v in c.leaves] if c.leaves else [c.root_class]:
+            _bump(self.by_root, root)
+
+    def merge(self, other: Tally) -> None:
+        self.events += other.events
+        self.by_category.update(other.by_category)
+        for mine, theirs in ((self.by_final, other.by_final), (self.by_root, other.by_root)):
+            for k, n in theirs.items():
+                _bump(mine, k, n)
+        for cat, locs in other.where.items():
+            table = self.where.setdefault(cat, Counter())
+            for k, n in locs.items():
+                _bump(table, k, n)
+        for cat, ex in other.example.items():
+            self.example.setdefault(cat, ex)
 
 
 @dataclass(slots=True)
 class FileReport:
-    """What one file held."""
+    """What one file held: its totals, and its events when asked to keep them (the CLI streams them instead)."""
 
     name: str
     format: str
     stats: Stats
     rules: AppRules = field(default_factory=AppRules)
     events: list[tuple[Event, Classified]] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
 
 
 def _loc(f: Frame | None, rules: AppRules) -> dict[str, Any] | None:
@@ -61,8 +118,13 @@ def scan_file(
     progress: IO[str] | None = None,
     max_line_bytes: int = 1 << 20,
     max_record_bytes: int = 1 << 20,
+    on_event: Callable[[Event, Classified], None] | None = None,
+    cache: ParseCache | None = None,
 ) -> FileReport:
-    """Read one file to its end and classify every event; `progress` gets a bar for large files."""
+    """Read one file to its end and classify every event; `progress` gets a bar for large files.
+
+    Each event goes to `on_event` when given (then the report keeps only its totals), else into `report.events`.
+    """
     rules = rules or AppRules()
     stats = Stats()
     report = FileReport(str(path), fmt, stats, rules)
@@ -70,10 +132,16 @@ def scan_file(
     classify = Classifier(rules)
 
     def sink(event: Event) -> None:
-        c = classify(event.chain)  # keep the verdict, not the parsed chain: memory stays small for big files
-        report.events.append((Event(event.first_line, event.last_line, event.timestamp, event.logger, _NONE), c))
+        c = classify(event.chain)
+        report.tally.add(c, rules)
+        # keep the verdict, not the parsed chain; no message but its first line (it can be 64 KiB)
+        kept = Event(event.first_line, event.last_line, event.timestamp, event.logger, _NONE)
+        if on_event is not None:
+            on_event(kept, c)
+        else:
+            report.events.append((kept, replace(c, message=c.message.split("\n", 1)[0][:EXAMPLE_CHARS])))
 
-    splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes)
+    splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, cache=cache)
     with _open(path) as f:  # unbuffered: reads go straight into each chunk
         # a regular file is read up to its size at open (one that keeps growing still ends); stdin to its EOF
         total = os.fstat(f.fileno()).st_size if str(path) != STDIN else 0
@@ -119,25 +187,20 @@ def scan_files(paths: Sequence[str], fmt: str, rules: AppRules, *, progress: IO[
     return [scan_file(p, fmt, rules, progress=progress) for p in paths]
 
 
+def _total(reports: Sequence[FileReport]) -> Tally:
+    t = Tally()
+    for r in reports:
+        t.merge(r.tally)
+    return t
+
+
 def summary(reports: Sequence[FileReport]) -> dict[str, dict[str, int]]:
     """Totals: by category and root class per counted unit (each leaf of a group), by final class per event."""
-    by_cat: Counter[str] = Counter({c.value: 0 for c in Category})
-    by_final: Counter[str] = Counter()
-    by_root: Counter[str] = Counter()
-    for r in reports:
-        for _event, c in r.events:
-            by_final[c.final_class] += 1
-            for v in c.counted:
-                by_cat[v.category.value] += 1
-            if c.leaves:
-                for v in c.leaves:
-                    by_root[v.exception] += 1
-            else:
-                by_root[c.root_class] += 1
+    t = _total(reports)
     return {
-        "by_category": dict(by_cat),
-        "by_final_class": dict(by_final.most_common()),
-        "by_root_class": dict(by_root.most_common()),
+        "by_category": dict(t.by_category),
+        "by_final_class": dict(t.by_final.most_common()),
+        "by_root_class": dict(t.by_root.most_common()),
     }
 
 
@@ -168,15 +231,43 @@ def to_json(reports: Sequence[FileReport]) -> dict[str, Any]:
 
 
 def write_json(reports: Sequence[FileReport], out: IO[str]) -> None:
-    """The same object as to_json, written event by event so a report of many events needs little memory."""
-    out.write('{"files": {')
-    for i, r in enumerate(reports):
-        out.write(("," if i else "") + f"\n {json.dumps(r.name)}: ")
-        out.write(f'{{"format": {json.dumps(r.format)}, "lines": {r.stats.lines}, "events": [')
-        for k, (e, c) in enumerate(r.events):
-            out.write(("," if k else "") + "\n  " + json.dumps(_event(e, c, r.rules)))
-        out.write("]}")
-    out.write('},\n "summary": ' + json.dumps(summary(reports)) + "}\n")
+    """The same object as to_json, written event by event."""
+    w = JsonWriter(out)
+    for r in reports:
+        w.begin(r.name)
+        for e, c in r.events:
+            w.event(e, c, r.rules)
+        w.end(r)
+    w.close(reports)
+
+
+class JsonWriter:
+    """The `--json` report written as it is found: each event as soon as it is classified, nothing kept."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._files = 0
+        self._events = 0
+        out.write('{"files": {')
+
+    def begin(self, name: str) -> None:
+        self._out.write(("," if self._files else "") + f"\n {json.dumps(name)}: " + '{"events": [')
+        self._files += 1
+        self._events = 0
+
+    def event(self, e: Event, c: Classified, rules: AppRules) -> None:
+        self._out.write(("," if self._events else "") + "\n  " + json.dumps(_event(e, c, rules)))
+        self._events += 1
+
+    def end(self, r: FileReport) -> None:
+        self._out.write(f'], "format": {json.dumps(r.format)}, "lines": {r.stats.lines}}}')
+
+    def abandon(self) -> None:
+        """A file that failed after its entry was opened: close the entry with what it has."""
+        self._out.write('], "format": null, "lines": 0}')
+
+    def close(self, reports: Sequence[FileReport]) -> None:
+        self._out.write('},\n "summary": ' + json.dumps(summary(reports)) + "}\n")
 
 
 def to_text(reports: Sequence[FileReport]) -> str:
@@ -185,20 +276,14 @@ def to_text(reports: Sequence[FileReport]) -> str:
     for r in reports:
         s = r.stats
         out.append(
-            f"{r.name}: format {r.format}, {s.lines} lines, {len(r.events)} tracebacks"
+            f"{r.name}: format {r.format}, {s.lines} lines, {r.tally.events} tracebacks"
             f" ({s.unmatched} unmatched lines, {s.parse_errors} parse errors, {s.truncated} truncated)"
         )
     summ = summary(reports)
+    total = _total(reports)
+    where, example = total.where, total.example
     out.append("")
     out.append("by category:")
-    where: dict[str, Counter[str]] = {}
-    example: dict[str, str] = {}
-    for r in reports:
-        for _e, c in r.events:
-            for v in c.counted:
-                loc = f"{r.rules.label(v.location)} in {v.location.function}" if v.location else "(no app frame)"
-                where.setdefault(v.category.value, Counter())[loc] += 1
-                example.setdefault(v.category.value, f"{v.exception}: {c.message.splitlines()[0] if c.message else ''}")
     for cat, n in summ["by_category"].items():
         if n:
             out.append(f"  {cat:28} {n:8}   e.g. {example.get(cat, '')[:150]}")
@@ -220,17 +305,33 @@ def run(paths: Sequence[str], fmt: str, roots: Sequence[str], packages: Sequence
     progress = sys.stderr if sys.stderr.isatty() else None
     reports: list[FileReport] = []
     failed = False
+    cache = ParseCache()  # one for the run, as one for a daemon's source: bounded in bytes
+    writer = JsonWriter(sys.stdout) if as_json else None
     for p in paths:
         try:
-            reports.append(scan_file(p, fmt, rules, progress=progress))
+            if writer is None:
+                reports.append(scan_file(p, fmt, rules, progress=progress, cache=cache))
+                continue
+            with _open(p):  # refused before its entry is written
+                pass
+            writer.begin(p)
+            try:
+                report = scan_file(
+                    p, fmt, rules, progress=progress, cache=cache, on_event=partial(writer.event, rules=rules)
+                )
+            except OSError:
+                writer.abandon()
+                raise
+            writer.end(report)
+            reports.append(report)
         except NotRegularFile as exc:
             sys.stderr.write(f"dbwatch scan: refusing {p}: {exc}\n")
             failed = True
         except OSError as exc:
             sys.stderr.write(f"dbwatch scan: cannot read {p}: {exc.strerror or type(exc).__name__}\n")
             failed = True
-    if as_json:
-        write_json(reports, sys.stdout)
+    if writer is not None:
+        writer.close(reports)
     else:
         sys.stdout.write(to_text(reports))
     return 1 if failed else 0

@@ -31,7 +31,7 @@ from dbwatch import metrics as m
 from dbwatch.config import LogsConfig, LogSource
 from dbwatch.logs.classify import AppRules
 from dbwatch.logs.counter import ExceptionCounter
-from dbwatch.logs.formats import Splitter
+from dbwatch.logs.formats import ParseCache, Splitter
 from dbwatch.logs.inotify import Inotify
 from dbwatch.logs.record import RecordHook, Stats
 from dbwatch.store import Store
@@ -206,6 +206,7 @@ class SourceTailer:
             max_exceptions=config.max_exceptions,
         )
         self._files: dict[tuple[int, int], _File] = {}
+        self._cache = ParseCache()  # known tracebacks, shared by the source's files: bounded in bytes
         self._positions = Positions(config.state_dir, source.name)
         self._saved: dict[tuple[int, int], dict[str, Any]] = {}
         for e in self._positions.load():
@@ -324,6 +325,7 @@ class SourceTailer:
             on_record=self._hook,
             start_offset=offset,
             start_line=line,
+            cache=self._cache,
         )
 
     def _open(self, path: str, ident: tuple[int, int], st: os.stat_result) -> _File | None:

@@ -9,7 +9,7 @@ another process interleaved between frames. The result is data (`Chain`, `Exc`, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -18,6 +18,7 @@ __all__ = [
     "GROUP_HEADER",
     "SEPARATORS",
     "TB_HEADER",
+    "Builder",
     "Chain",
     "Exc",
     "Frame",
@@ -68,7 +69,7 @@ class Exc:
     is_group: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Chain:
     """A logged exception with its chain, outermost (the one logged) first; `links[i]` ties exc i to i+1."""
 
@@ -86,17 +87,26 @@ class Chain:
     @property
     def lost(self) -> int:
         """Sub-exceptions of groups that the log does not show (Python's "and N more", a dict form without them)."""
-        return sum(exc.more + sum(sub.lost for sub in exc.group) for exc in self.excs)
+        total = 0
+        todo = [self]
+        while todo:  # no recursion: a group may be nested as deep as the log makes it
+            for exc in todo.pop().excs:
+                total += exc.more
+                todo.extend(exc.group)
+        return total
 
     def leaves(self) -> list[Chain]:
-        """The chains counted for this event: a group's leaves (recursively), else the chain itself."""
-        for exc in self.excs:
-            if exc.is_group and exc.group:
-                out: list[Chain] = []
-                for sub in exc.group:
-                    out.extend(sub.leaves())
-                return out
-        return [self]
+        """The chains counted for this event: a group's leaves (at any depth, in order), else the chain itself."""
+        out: list[Chain] = []
+        todo = [self]
+        while todo:
+            chain = todo.pop()
+            group = next((e.group for e in chain.excs if e.is_group and e.group), None)
+            if group is None:
+                out.append(chain)
+            else:
+                todo.extend(reversed(group))
+        return out
 
 
 class Verdict(Enum):
@@ -118,6 +128,10 @@ class _St(Enum):
 
 def _never(line: str) -> bool:
     return False
+
+
+def _is_marker(text: str) -> bool:
+    return bool(text) and set(text) <= {"^", "~", " ", "-"}
 
 
 class Reader:
@@ -152,6 +166,8 @@ class Reader:
 
     def feed(self, line: str) -> Verdict:
         st = self._st
+        if st is _St.GROUP_DONE and line[:1] == " " and line.lstrip(" ")[:1] in ("|", "+"):
+            st = _St.GROUP  # a box after the closing line: the group goes on
         if st is _St.FRAMES:
             if line.startswith("  ") or not line.strip():
                 return Verdict.ACCEPT
@@ -164,8 +180,10 @@ class Reader:
         if st is _St.GROUP:
             stripped = line.lstrip(" ")
             if stripped[:1] in ("|", "+") and len(line) - len(stripped) >= self._col:
-                if _CLOSE_RE.match(line):
-                    self._st, self.complete = _St.GROUP_DONE, True
+                # Python prints one closing line, at the deepest last box: the group may end here, or go on
+                # (a box line at any depth after it) when that box was not its last
+                self._st = _St.GROUP_DONE if _CLOSE_RE.match(line) else _St.GROUP
+                self.complete = self._st is _St.GROUP_DONE
                 return Verdict.ACCEPT
             return self._skip()
         if line in _SEPS:
@@ -204,127 +222,267 @@ class Reader:
         return Verdict.FOREIGN if self._foreign <= MAX_FOREIGN_LINES else Verdict.END
 
 
-def parse(lines: Sequence[str]) -> Chain | None:
-    """The chain from a traceback's lines (header first; foreign lines already removed), or None if it is none."""
-    sections: list[list[str]] = [[]]
-    links: list[str] = []
-    for line in lines:
-        link = _SEPS.get(line)
-        if link is not None:
-            links.append(link)
-            sections.append([])
-        else:
-            sections[-1].append(line)
-    excs: list[Exc] = []
-    kept: list[str] = []
-    for i, sec in enumerate(sections):
-        exc = _section(sec)
-        if exc is None:
-            continue
-        if excs and i > 0:
-            kept.append(links[i - 1])
-        excs.append(exc)
-    if not excs:
-        return None
-    # Python prints the innermost (root) first; we keep the outermost first.
-    return Chain(tuple(reversed(excs)), tuple(reversed(kept)))
+MAX_GROUP_DEPTH: Final = 100  # Python prints 10 levels (traceback's max_group_depth); deeper is not a real traceback
+MAX_EXCS: Final = 1000  # exceptions kept per record (chained and grouped); later sub-exceptions count in `more`
+MAX_FRAMES: Final = 1000  # frames kept per exception: the outermost 100 and the innermost 900
+_HEAD_FRAMES: Final = 100
+MAX_MESSAGE_CHARS: Final = 64 * 1024  # of an exception's message (the categories look at its start)
+# What one record may hand on to classification, whatever max_record_bytes allows: the work to classify and count
+# an event is bounded by these, not by the size of its text.
+MAX_RECORD_FRAMES: Final = 10_000
+MAX_RECORD_MESSAGE_CHARS: Final = 256 * 1024
 
 
-def _section(lines: list[str]) -> Exc | None:
-    while lines and not lines[0].strip():
-        lines = lines[1:]
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    if not lines:
-        return None
-    m = _GROUP_TOP_RE.match(lines[0])
-    if m:
-        return _group(lines, len(m.group(1)))
-    return _plain(lines)
+class _Budget:
+    """Frames and message characters a record may still keep."""
+
+    __slots__ = ("chars", "frames")
+
+    def __init__(self) -> None:
+        self.frames = MAX_RECORD_FRAMES
+        self.chars = MAX_RECORD_MESSAGE_CHARS
 
 
-def _plain(lines: Sequence[str]) -> Exc | None:
-    frames: list[Frame] = []
-    i = 0
-    n = len(lines)
-    if i < n and lines[i].strip() in (TB_HEADER, GROUP_HEADER):
-        i += 1
-    while i < n:
-        line = lines[i]
-        fm = FRAME_RE.match(line)
-        if fm and line.startswith("  File"):
-            source = None
-            j = i + 1
-            while j < n and lines[j].startswith("    "):
-                text = lines[j].strip()
-                if source is None and text and not _is_marker(text):
-                    source = text
-                j += 1
-            frames.append(Frame(fm.group(1), int(fm.group(2)), fm.group(3) or "?", source))
-            i = j
-            continue
+class _Sec:
+    """One exception being read, line by line: header, frames (each with its source line), then the message."""
+
+    __slots__ = ("built", "cls", "frames", "is_group", "more", "msg", "msg_chars", "pending", "subs")
+
+    def __init__(self) -> None:
+        self.cls: str | None = None
+        self.frames: list[Frame] = []
+        self.msg: list[str] = []
+        self.msg_chars = 0
+        self.pending: list[Any] | None = None  # [path, line, function, source] of the frame being read
+        self.more = 0
+        self.subs: list[Chain] | None = None  # a group's sub-exception chains, once its first box opens
+        self.is_group = False
+        self.built: Exc | None = None  # a whole exception handed in (a top-level group's box)
+
+    def line(self, line: str) -> None:
+        if self.cls is not None:
+            if self.msg_chars < MAX_MESSAGE_CHARS:
+                part = line[: MAX_MESSAGE_CHARS - self.msg_chars]
+                self.msg.append(part)
+                self.msg_chars += len(part) + 1
+            return
+        if self.pending is not None and line.startswith("    "):
+            text = line.strip()
+            if self.pending[3] is None and text and not _is_marker(text):
+                self.pending[3] = text
+            return
+        self._end_frame()
+        if line.startswith("  File"):
+            fm = FRAME_RE.match(line)
+            if fm:
+                self.pending = [fm.group(1), int(fm.group(2)), fm.group(3) or "?", None]
+                return
         if line.startswith(" ") or not line.strip():
-            i += 1
-            continue
+            return
         em = EXC_LINE_RE.match(line)
         if em:
-            message = "\n".join([em.group(2) or "", *lines[i + 1 :]]).strip("\n")
-            return Exc(em.group(1), message, tuple(frames))
-        i += 1
-    return None
+            self.cls = em.group(1)
+            self.line(em.group(2) or "")
+
+    def _end_frame(self) -> None:
+        p = self.pending
+        if p is None:
+            return
+        self.pending = None
+        frames = self.frames
+        frames.append(Frame(p[0], p[1], p[2], p[3]))
+        if len(frames) >= 2 * MAX_FRAMES:  # drop from the middle: amortised O(1) per frame
+            del frames[_HEAD_FRAMES : len(frames) - (MAX_FRAMES - _HEAD_FRAMES)]
+
+    def exc(self, budget: _Budget) -> Exc | None:
+        if self.built is not None:
+            return self.built
+        self._end_frame()
+        if self.cls is None:
+            return None
+        frames = self.frames
+        if len(frames) > MAX_FRAMES:
+            frames = frames[:_HEAD_FRAMES] + frames[len(frames) - (MAX_FRAMES - _HEAD_FRAMES) :]
+        if len(frames) > budget.frames:  # the record's budget is spent: keep the innermost frames it allows
+            frames = frames[len(frames) - budget.frames :] if budget.frames else []
+        budget.frames -= len(frames)
+        msg = self.msg
+        while msg and not msg[-1].strip():
+            msg.pop()
+        message = "\n".join(msg).strip("\n")[: budget.chars]
+        budget.chars -= len(message)
+        if self.subs is None and not self.is_group:
+            return Exc(self.cls, message, tuple(frames))
+        return Exc(self.cls, message, tuple(frames), tuple(self.subs or ()), self.more, is_group=True)
 
 
-def _is_marker(text: str) -> bool:
-    return bool(text) and set(text) <= {"^", "~", " ", "-"}
+class _ChainB:
+    """The sections of one chain (the top level, or the content of one box), split at the chain separators."""
+
+    __slots__ = ("budget", "links", "more_box", "secs")
+
+    def __init__(self, budget: _Budget) -> None:
+        self.budget = budget
+        self.secs = [_Sec()]
+        self.links: list[str] = []
+        self.more_box = -1  # for a box: N of "and N more exceptions" (-1: not that box, 0: undecided)
+
+    def line(self, line: str) -> None:
+        link = _SEPS.get(line)
+        if link is not None:
+            self.links.append(link)
+            self.secs.append(_Sec())
+            return
+        self.secs[-1].line(line)
+
+    def chain(self) -> Chain | None:
+        excs: list[Exc] = []
+        kept: list[str] = []
+        for i, sec in enumerate(self.secs):
+            exc = sec.exc(self.budget)
+            if exc is None:
+                continue
+            if excs and i > 0:
+                kept.append(self.links[i - 1])
+            excs.append(exc)
+        if not excs:
+            return None
+        # Python prints the innermost (root) first; we keep the outermost first.
+        return Chain(tuple(reversed(excs)), tuple(reversed(kept)))
 
 
-def _group(lines: Sequence[str], col: int) -> Exc | None:
-    """A group rendered as a box whose own bar is at `col`: own lines, then sub-exceptions one bar deeper."""
-    own: list[str] = []
-    subs: list[list[str]] = []
-    cur: list[str] | None = None
-    more = 0
-    for idx, line in enumerate(lines):
+class _Box:
+    """An open box of a group rendering: its bar column, its content, and the group section it belongs to."""
+
+    __slots__ = ("col", "content", "first", "owner")
+
+    def __init__(self, col: int, owner: _Sec | None, budget: _Budget) -> None:
+        self.col = col
+        self.content = _ChainB(budget)
+        self.owner = owner  # the group whose sub-exception this box holds; None for a top-level group's box
+        self.first = True  # no content line yet
+
+
+class Builder:
+    """Builds a Chain from a traceback's lines one at a time: one pass, no recursion, bounded work per line.
+
+    Exception groups are read with a stack of open boxes (`+-+` opens a sub-exception one bar deeper, `+---- N`
+    starts the next, `+-----` closes), so depth costs nothing extra; deeper than MAX_GROUP_DEPTH is refused.
+    """
+
+    __slots__ = ("_boxes", "_budget", "_excs", "_top", "failed", "truncated")
+
+    def __init__(self) -> None:
+        self._budget = _Budget()
+        self._top = _ChainB(self._budget)
+        self._boxes: list[_Box] = []
+        self._excs = 0  # exceptions (sections) kept so far
+        self.failed = False  # not a traceback we can build (too deep)
+        self.truncated = False  # sub-exceptions past MAX_EXCS were left out (counted in `more`)
+
+    def add(self, line: str) -> None:
+        """One line of the traceback (header first; foreign lines already removed)."""
+        if self.failed:
+            return
+        boxes = self._boxes
+        if not boxes:
+            m = _GROUP_TOP_RE.match(line)
+            if m:
+                self._open(len(m.group(1)), None)
+                self._boxes[-1].content.line(GROUP_HEADER)
+                return
+            self._section_line(self._top, line)
+            return
         stripped = line.lstrip(" ")
         j = len(line) - len(stripped)
         ch = stripped[:1]
-        if idx == 0:
-            own.append(GROUP_HEADER)
-            continue
-        if j == col and ch == "|" and cur is None:
-            own.append(line[col + 2 :])
-        elif j == col and stripped.startswith("+-+"):
-            cur = []
-            subs.append(cur)
-        elif j == col + 2 and ch == "+" and not stripped.startswith("+-+"):
-            if _CLOSE_RE.match(line):
-                cur = None
-            else:
-                cur = []
-                subs.append(cur)
-        elif cur is not None and j >= col + 2:
-            cur.append(line)
-    head = _plain(own)
-    if head is None:
-        return None
-    chains: list[Chain] = []
-    for sub in subs:
-        content = [ln[col + 4 :] if len(ln) > col + 4 else "" for ln in sub if ln[col + 2 : col + 3] == "|"]
-        first = next((c for c in content if c.strip()), "")
-        mm = _MORE_RE.match(first.strip())
-        if mm:
-            more += int(mm.group(1))
-            continue
-        if any(ln[col + 2 : col + 5] == "+-+" for ln in sub):  # a nested group (with or without its header)
-            body = sub[1:] if first.strip() == GROUP_HEADER else sub
-            nested = _group([" " * (col + 2) + "+ " + GROUP_HEADER, *body], col + 2)
-            if nested is not None:
-                chains.append(Chain((nested,)))
-            continue
-        chain = parse(content)
-        if chain is not None:
-            chains.append(chain)
-    return Exc(head.cls, head.message, head.frames, tuple(chains), more, is_group=True)
+        if ch not in ("|", "+") or j < boxes[0].col:  # text outside every box: the boxes ended untidily
+            while boxes:
+                self._close()
+            self.add(line)
+            return
+        while len(boxes) > 1 and boxes[-1].col > j:  # a box left without its closing line
+            self._close()
+        box = boxes[-1]
+        if ch == "|" or j > box.col:
+            self._content(box, line[box.col + 2 :])
+        elif stripped.startswith("+-+"):  # the group just read opens its first sub-exception, one bar deeper
+            sec = box.content.secs[-1]
+            if sec.subs is None:
+                sec.subs = []
+            self._open(j + 2, sec)
+        elif _CLOSE_RE.match(line):
+            self._close()
+        else:  # `+---- N ----`: the next sub-exception of the same group
+            owner = box.owner
+            self._close()
+            self._open(j, owner)
+
+    def _section_line(self, chain: _ChainB, line: str) -> None:
+        if line in _SEPS:
+            self._count()
+            if self.truncated:
+                return  # no more sections: what follows is read as the message of the last one (capped)
+        chain.line(line)
+
+    def _content(self, box: _Box, text: str) -> None:
+        if box.first and text.strip():
+            box.first = False
+            mm = _MORE_RE.match(text.strip())
+            if mm:
+                box.content.more_box = int(mm.group(1))
+                return
+        if box.content.more_box < 0:
+            self._section_line(box.content, text)
+
+    def _count(self) -> None:
+        self._excs += 1
+        if self._excs > MAX_EXCS:
+            self.truncated = True
+
+    def _open(self, col: int, owner: _Sec | None) -> None:
+        if len(self._boxes) >= MAX_GROUP_DEPTH:
+            self.failed = True
+            return
+        self._count()
+        self._boxes.append(_Box(col, owner, self._budget))
+
+    def _close(self) -> None:
+        box = self._boxes.pop()
+        owner = box.owner
+        if box.content.more_box >= 0:
+            if owner is not None:
+                owner.more += box.content.more_box
+            return
+        if owner is None:  # a top-level group's box: its exception is one section of the top chain
+            chain = box.content.chain()
+            if chain is not None:
+                g = chain.excs[0]
+                self._top.secs[-1].built = Exc(g.cls, g.message, g.frames, g.group, g.more, is_group=True)
+        elif self.truncated:
+            owner.more += 1  # past MAX_EXCS: left out, like Python's "and N more exceptions"
+        else:
+            chain = box.content.chain()
+            if chain is not None:
+                if owner.subs is None:
+                    owner.subs = []
+                owner.subs.append(chain)
+
+    def finish(self) -> Chain | None:
+        """The chain read, or None when the lines hold none (or it was refused)."""
+        while self._boxes and not self.failed:
+            self._close()
+        if self.failed:
+            return None
+        return self._top.chain()
+
+
+def parse(lines: Iterable[str]) -> Chain | None:
+    """The chain from a traceback's lines (header first; foreign lines already removed), or None if it is none."""
+    b = Builder()
+    for line in lines:
+        b.add(line)
+    return b.finish()
 
 
 def from_dicts(stacks: Any) -> Chain | None:

@@ -9,11 +9,11 @@ from typing import Final, Protocol
 from dbwatch.logs.formats.cri import CriLines
 from dbwatch.logs.formats.detect import SNIFF_BYTES, sniff
 from dbwatch.logs.formats.docker import DockerLines
-from dbwatch.logs.formats.plain import PlainScanner
+from dbwatch.logs.formats.plain import ParseCache, PlainScanner
 from dbwatch.logs.formats.structlog_json import JsonLines
 from dbwatch.logs.record import LineInfo, RecordHook, Sink, Stats
 
-__all__ = ["FORMATS", "SNIFF_BYTES", "Caps", "Parser", "Splitter", "make_parser", "sniff"]
+__all__ = ["FORMATS", "SNIFF_BYTES", "Caps", "ParseCache", "Parser", "Splitter", "make_parser", "sniff"]
 
 
 class Parser(Protocol):
@@ -33,18 +33,23 @@ class Parser(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """What bounds a parser's memory: the longest line kept, the largest record assembled."""
+    """What bounds a parser's memory: the longest line kept, the largest record assembled, the source's cache."""
 
     max_line_bytes: int = 1 << 20
     max_record_bytes: int = 1 << 20
+    cache: ParseCache | None = None  # shared by the files of one source; None: the parser makes its own
 
 
 def _plain(sink: Sink, stats: Stats, caps: Caps, hook: RecordHook | None, line: int) -> Parser:
-    return PlainScanner(sink, stats, max_record_bytes=caps.max_record_bytes, on_record=hook, start_line=line)
+    return PlainScanner(
+        sink, stats, max_record_bytes=caps.max_record_bytes, on_record=hook, start_line=line, cache=caps.cache
+    )
 
 
 def _json(sink: Sink, stats: Stats, caps: Caps, hook: RecordHook | None, line: int) -> Parser:
-    return JsonLines(sink, stats, max_record_bytes=caps.max_record_bytes, on_record=hook, start_line=line)
+    return JsonLines(
+        sink, stats, max_record_bytes=caps.max_record_bytes, on_record=hook, start_line=line, cache=caps.cache
+    )
 
 
 def _container(
@@ -58,6 +63,7 @@ def _container(
             max_record_bytes=caps.max_record_bytes,
             on_record=hook,
             start_line=line,
+            cache=caps.cache,
         )
 
     return make
@@ -97,10 +103,11 @@ class Splitter:
         on_record: RecordHook | None = None,
         start_offset: int = 0,
         start_line: int = 1,
+        cache: ParseCache | None = None,
     ) -> None:
         self.format = fmt
         self._sink, self._stats, self._hook = sink, stats, on_record
-        self._caps = Caps(max_line_bytes, max_record_bytes)
+        self._caps = Caps(max_line_bytes, max_record_bytes, cache)
         self._start_offset, self._start_line = start_offset, start_line
         self.parser: Parser | None = None if fmt == "auto" else self._make(fmt)
         self._head = b""  # waiting for enough lines to sniff

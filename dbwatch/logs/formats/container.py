@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dbwatch.logs.formats.plain import ParseCache
 from dbwatch.logs.formats.structlog_json import JsonLines
 from dbwatch.logs.record import LineInfo, RecordHook, Sink, Stats
 
@@ -31,9 +32,17 @@ class StreamJoiner:
     """
 
     def __init__(
-        self, sink: Sink, stats: Stats, *, max_line_bytes: int, max_record_bytes: int, on_record: RecordHook | None
+        self,
+        sink: Sink,
+        stats: Stats,
+        *,
+        max_line_bytes: int,
+        max_record_bytes: int,
+        on_record: RecordHook | None,
+        cache: ParseCache | None = None,
     ) -> None:
         self._sink, self._stats = sink, stats
+        self._cache = cache
         self._max_line = max_line_bytes
         self._max_record = max_record_bytes
         self._on_record = on_record
@@ -53,6 +62,7 @@ class StreamJoiner:
                     strict=False,
                     max_record_bytes=self._max_record,
                     on_record=self._on_record,
+                    cache=self._cache,
                 )
                 st = self._streams[name] = _Stream(inner)
         return st
@@ -126,12 +136,18 @@ class ContainerLines:
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
         start_line: int = 1,
+        cache: ParseCache | None = None,
     ) -> None:
         self._stats = stats
         self._line = start_line
         self._off = 0
         self._join = StreamJoiner(
-            sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, on_record=on_record
+            sink,
+            stats,
+            max_line_bytes=max_line_bytes,
+            max_record_bytes=max_record_bytes,
+            on_record=on_record,
+            cache=cache,
         )
 
     @property

@@ -9,12 +9,16 @@ physical lines of the file.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
-from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
-from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, Reader, Verdict, parse
+import structlog
 
-__all__ = ["PlainScanner", "is_record_start", "record_meta"]
+from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
+from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Builder, Chain, Reader, Verdict
+
+__all__ = ["ParseCache", "PlainScanner", "is_record_start", "record_meta"]
 
 _TB_B: Final = TB_HEADER.encode()
 _GROUP_B: Final = b"  + " + GROUP_HEADER.encode()
@@ -22,7 +26,9 @@ _GROUP_B: Final = b"  + " + GROUP_HEADER.encode()
 _NEEDLES: Final = (b"\n" + _TB_B, b"\n" + _GROUP_B)
 BLOCK_KEY: Final = 512  # bytes of a traceback's start that key the cache of whole texts
 BLOCK_MAX: Final = 64 * 1024  # longer texts are not cached
-CACHE_SIZE: Final = 512  # parsed tracebacks kept by their text: the same stack logged again costs a lookup
+CACHE_BYTES: Final = 8 << 20  # what the cache of known tracebacks may hold (text and parsed chain), per log source
+CACHE_COST: Final = 4  # bytes held per byte of cached text: the text, the reader state, the parsed chain
+ONCE_KEYS: Final = 1024  # keys of texts seen once (BLOCK_KEY bytes each)
 _LEVELS: Final = "DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|EXCEPTION"
 # The first line of a log record: a leading timestamp (logging's asctime, ISO 8601, gunicorn's bracketed one,
 # syslog's), a leading level (uvicorn's `ERROR:    `, basicConfig's `ERROR:root:`), or an access line in Common/
@@ -43,7 +49,71 @@ BACK_LINES: Final = 50  # how far above a traceback header its record's message 
 CONTEXT_BYTES: Final = 16 * 1024  # text kept from the previous buffer to find that line across a boundary
 
 
-_MISS: Final[Chain] = Chain(())
+log = structlog.get_logger("dbwatch.logs")
+
+
+class ParseCache:
+    """Tracebacks seen before, by their text: the same stack logged again costs a comparison, not a parse.
+
+    Bounded in bytes (CACHE_BYTES, least recently used out first), and one per log source, shared by its files: a
+    text is kept from its second sighting on and only when under BLOCK_MAX, so hostile logs of distinct large
+    tracebacks cost nothing here.
+    """
+
+    __slots__ = ("_blocks", "_once", "budget", "size")
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget = budget
+        self.size = 0
+        # key (a text's first bytes) -> [(text, reader state before the line that ended it, chain, last line offset)]
+        self._blocks: OrderedDict[bytes, list[tuple[bytes, Reader, Chain | None, int]]] = OrderedDict()
+        self._once: OrderedDict[bytes, None] = OrderedDict()
+
+    def get(self, key: bytes) -> list[tuple[bytes, Reader, Chain | None, int]]:
+        entries = self._blocks.get(key)
+        if entries is None:
+            return []
+        self._blocks.move_to_end(key)
+        return entries
+
+    def seen_before(self, key: bytes) -> bool:
+        """True from a key's second sighting on; records the first."""
+        if key in self._blocks:
+            return True
+        if key in self._once:
+            del self._once[key]
+            return True
+        self._once[key] = None
+        if len(self._once) > ONCE_KEYS:
+            self._once.popitem(last=False)
+        return False
+
+    def full(self, key: bytes) -> bool:
+        return len(self._blocks.get(key, ())) >= 4
+
+    def put(self, key: bytes, entry: tuple[bytes, Reader, Chain | None, int]) -> None:
+        cost = CACHE_COST * len(entry[0]) + 2 * BLOCK_KEY
+        if cost > self.budget // 8:
+            return
+        self._blocks.setdefault(key, []).append(entry)
+        self._blocks.move_to_end(key)
+        self.size += cost
+        while self.size > self.budget:
+            _k, old = self._blocks.popitem(last=False)
+            self.size -= sum(CACHE_COST * len(e[0]) + 2 * BLOCK_KEY for e in old)
+
+
+@dataclass(slots=True)
+class _Rec:
+    """A traceback being read, kept across feeds so a long one is read once, not again from its start each time."""
+
+    rs: int  # the record's first line (its message line above the header)
+    ls: int  # the header line
+    p: int  # where reading goes on
+    last_off: int  # the last non-blank line taken
+    reader: Reader
+    builder: Builder
+    headless: bool
 
 
 def is_record_start(line: str) -> bool:
@@ -84,6 +154,7 @@ class PlainScanner:
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
         start_line: int = 1,
+        cache: ParseCache | None = None,
     ) -> None:
         self._sink = sink
         self._stats = stats
@@ -100,10 +171,9 @@ class PlainScanner:
         self._buf_lines = 0  # lines in _buf (already counted)
         self._scan = 0  # offset in _buf where the header search resumes
         self._floor = 0  # a record start may not lie before this offset (the previous event's end)
-        self._cache: dict[tuple[str, ...], Chain | None] = {}
-        # traceback texts seen before: key (its first bytes) -> [(text, reader state at its end, lines, last line)]
-        self._blocks: dict[bytes, list[tuple[bytes, Reader, tuple[str, ...], int]]] = {}
-        self._once: set[bytes] = set()  # keys of texts seen once
+        self._cache = cache if cache is not None else ParseCache()
+        self._rec: _Rec | None = None  # the traceback being read when the last feed ended
+        self._failed = False  # a record raised: logged once
 
     @property
     def pending(self) -> bool:
@@ -159,82 +229,65 @@ class PlainScanner:
         pending_from = -1
         found = [-2, -2]  # next match of each needle at or after pos (-2: not searched yet)
         found_line = -2  # next match of LINE_NEEDLE
-        while pos < end:
-            ls = -1
-            if pos == 0 and buf.startswith((_TB_B, _GROUP_B), 0, end):
-                ls = 0
-            else:
-                for k, needle in enumerate(_NEEDLES):
-                    if found[k] != -1 and found[k] < pos - 1:
-                        found[k] = buf.find(needle, max(pos - 1, 0), end)
-                    if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
-                        ls = found[k] + 1
-            if found_line != -1 and found_line < pos:
-                found_line = buf.find(LINE_NEEDLE, pos, end)
-            if found_line >= 0 and (ls < 0 or found_line < ls):  # a line that is an event on its own comes first
-                start = buf.rfind(b"\n", 0, found_line) + 1
-                stop = buf.find(b"\n", found_line, end)
-                stop = end if stop < 0 else stop
-                chain = line_event(_decode(buf[start:stop])) if start >= floor else None
-                if chain is not None:
-                    cur_idx += buf.count(b"\n", cur_off, start)
-                    cur_off = start
-                    self._emit_line(start, cur_idx, chain)
-                    floor = stop + 1
-                pos = stop + 1
-                continue
-            if ls < 0:
-                pos = end
-                break
-            nl = buf.find(b"\n", ls, end)
-            head = bytes(buf[ls:nl]).rstrip(b"\r")
-            if ls < floor or head not in (_TB_B, _GROUP_B):
-                pos = nl + 1  # not a header line after all (text follows it)
-                continue
-            rs, headless = self._record_start(buf, ls, floor)
-            if headless:  # the chain opens with a cause printed without a traceback, right after the message
-                reader = Reader(None, is_record_start)
-                lines: list[str] = []
-                p = buf.find(b"\n", rs, end) + 1
-            else:
-                reader = Reader(_decode(head), is_record_start)
-                lines = [_decode(head)]
-                p = nl + 1
-            last_off = ls
-            ended = truncated = False
-            known = None if headless else self._known(buf, ls, end)
-            if known is not None:  # the same traceback text as before, ending at the same place
-                lines, p, last_off = list(known[0]), known[1], known[2]
-                ended = True
-            while not ended and p < end:
-                q = buf.find(b"\n", p, end)
-                line = _decode(buf[p:q])
-                v = reader.feed(line)
-                if v is Verdict.END:
-                    ended = True
+        rec, self._rec = self._rec, None
+        while rec is not None or pos < end:
+            if rec is None:
+                ls = -1
+                if pos == 0 and buf.startswith((_TB_B, _GROUP_B), 0, end):
+                    ls = 0
+                else:
+                    for k, needle in enumerate(_NEEDLES):
+                        if found[k] != -1 and found[k] < pos - 1:
+                            found[k] = buf.find(needle, max(pos - 1, 0), end)
+                        if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
+                            ls = found[k] + 1
+                if found_line != -1 and found_line < pos:
+                    found_line = buf.find(LINE_NEEDLE, pos, end)
+                if found_line >= 0 and (ls < 0 or found_line < ls):  # a line that is an event on its own comes first
+                    start = buf.rfind(b"\n", 0, found_line) + 1
+                    stop = buf.find(b"\n", found_line, end)
+                    stop = end if stop < 0 else stop
+                    chain = line_event(_decode(buf[start:stop])) if start >= floor else None
+                    if chain is not None:
+                        cur_idx += buf.count(b"\n", cur_off, start)
+                        cur_off = start
+                        self._emit_line(start, cur_idx, chain)
+                        floor = stop + 1
+                    pos = stop + 1
+                    continue
+                if ls < 0:
+                    pos = end
                     break
-                if v is Verdict.ACCEPT:
-                    lines.append(line)
-                    if line.strip():
-                        last_off = p
-                p = q + 1
-                if p - rs > self._max_record:
-                    truncated = True
+                nl = buf.find(b"\n", ls, end)
+                head = bytes(buf[ls:nl]).rstrip(b"\r")
+                if ls < floor or head not in (_TB_B, _GROUP_B):
+                    pos = nl + 1  # not a header line after all (text follows it)
+                    continue
+                rs, headless = self._record_start(buf, ls, floor)
+                known = None if headless else self._known(buf, ls, end)
+                if known is not None:  # the same traceback text as before, ending at the same place
+                    chain, p, last_off = known
+                    cur_idx, cur_off = self._count(buf, cur_off, cur_idx, rs, last_off, chain, False)
+                    pos = floor = p
+                    continue
+                rec = self._start(buf, rs, ls, nl, headless, end)
+            try:
+                ended, truncated = self._read(buf, rec, end)
+                if not (ended or truncated or final):
+                    pending_from, pos, self._rec = rec.rs, rec.ls, rec
                     break
-            if ended and known is None and not headless and p - ls <= BLOCK_MAX:
-                self._remember(buf, ls, p, last_off, lines, reader)
-            if not (ended or truncated or final):
-                pending_from = rs
-                pos = ls
-                break
-            # line numbers, counted forward from the last position (offsets only grow)
-            cur_idx += buf.count(b"\n", cur_off, rs)
-            first_idx = cur_idx
-            cur_idx += buf.count(b"\n", rs, last_off)
-            cur_off = last_off
-            last_idx = cur_idx
-            self._emit(buf, rs, first_idx, last_idx, lines, truncated or (not reader.complete and not ended))
-            pos = floor = p
+                chain = rec.builder.finish()
+                truncated = truncated or rec.builder.truncated or (not rec.reader.complete and not ended)
+                if ended and not rec.headless and rec.p - rec.ls <= BLOCK_MAX:
+                    self._remember(buf, rec, chain)
+                cur_idx, cur_off = self._count(buf, cur_off, cur_idx, rec.rs, rec.last_off, chain, truncated)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the file: counted, logged once
+                self._stats.parse_errors += 1
+                if not self._failed:
+                    self._failed = True
+                    log.warning("log_record_failed", error=type(exc).__name__)
+            pos = floor = max(rec.p, buf.find(b"\n", rec.ls, end) + 1)
+            rec = None
         # keep an unfinished record, or a little context for a header at the start of the next buffer
         if pending_from >= 0:
             keep = pending_from
@@ -259,46 +312,80 @@ class PlainScanner:
         if keep:
             buf[: end - keep] = buf[keep:end]  # same length: moves the kept tail to the front, no reallocation
             self._len = end - keep
+            if self._rec is not None:
+                r = self._rec
+                r.rs, r.ls, r.p, r.last_off = r.rs - keep, r.ls - keep, r.p - keep, r.last_off - keep
+        if len(buf) > 4 * max(self._len, CONTEXT_BYTES):  # after a large read or record: give the memory back
+            self._buf = bytearray(buf[: self._len])
         if self._mapped:
             del self._infos[:dropped]
         else:
             self._line0 += dropped
             self._base += keep
 
-    def _known(self, buf: bytearray, ls: int, end: int) -> tuple[tuple[str, ...], int, int] | None:
-        """A traceback seen before, byte for byte, whose next line ends it again: (lines, end, last line offset)."""
-        for block, state, lines, last_rel in self._blocks.get(bytes(buf[ls : min(ls + BLOCK_KEY, end)]), ()):
+    def _start(self, buf: bytearray, rs: int, ls: int, nl: int, headless: bool, end: int) -> _Rec:
+        builder = Builder()
+        if headless:  # the chain opens with a cause printed without a traceback, right after the message
+            return _Rec(rs, ls, buf.find(b"\n", rs, end) + 1, ls, Reader(None, is_record_start), builder, True)
+        header = _decode(buf[ls:nl])
+        builder.add(header)
+        return _Rec(rs, ls, nl + 1, ls, Reader(header, is_record_start), builder, False)
+
+    def _read(self, buf: bytearray, rec: _Rec, end: int) -> tuple[bool, bool]:
+        """Feed the record's lines up to `end` (or its cap) to its reader and builder: (ended, truncated)."""
+        reader, add, p, cap = rec.reader, rec.builder.add, rec.p, rec.rs + self._max_record
+        try:
+            while p < end:
+                q = buf.find(b"\n", p, end)
+                line = _decode(buf[p:q])
+                v = reader.feed(line)
+                if v is Verdict.END:
+                    return True, False
+                if v is Verdict.ACCEPT:
+                    add(line)
+                    if line.strip():
+                        rec.last_off = p
+                p = q + 1
+                if p > cap:
+                    return False, True
+            return False, False
+        finally:
+            rec.p = p
+
+    def _count(
+        self, buf: bytearray, cur_off: int, cur_idx: int, rs: int, last_off: int, chain: Chain | None, cut: bool
+    ) -> tuple[int, int]:
+        """Line numbers, counted forward from the last position (offsets only grow); then the event."""
+        cur_idx += buf.count(b"\n", cur_off, rs)
+        first_idx = cur_idx
+        cur_idx += buf.count(b"\n", rs, last_off)
+        self._emit(buf, rs, first_idx, cur_idx, chain, cut)
+        return cur_idx, last_off
+
+    def _known(self, buf: bytearray, ls: int, end: int) -> tuple[Chain | None, int, int] | None:
+        """A traceback seen before, byte for byte, whose next line ends it again: (chain, end, last line offset)."""
+        for block, state, chain, last_rel in self._cache.get(bytes(buf[ls : min(ls + BLOCK_KEY, end)])):
             stop = ls + len(block)
             if stop >= end or not buf.startswith(block, ls, end):
                 continue
             q = buf.find(b"\n", stop, end)
             if state.copy().feed(_decode(buf[stop:q])) is Verdict.END:
-                return lines, stop, ls + last_rel
+                return chain, stop, ls + last_rel
         return None
 
-    def _remember(self, buf: bytearray, ls: int, stop: int, last_off: int, lines: list[str], reader: Reader) -> None:
-        """Keep a finished traceback's text and the reader's state before the line that ended it."""
+    def _remember(self, buf: bytearray, rec: _Rec, chain: Chain | None) -> None:
+        """Keep a finished traceback's text, its chain and the reader's state before the line that ended it."""
+        ls, stop = rec.ls, rec.p
         key = bytes(buf[ls : min(ls + BLOCK_KEY, self._len)])  # as _known looks it up
-        if key not in self._blocks:
-            if key not in self._once:  # kept from its second sighting on: a text logged once costs nothing more
-                if len(self._once) >= CACHE_SIZE:
-                    self._once.clear()
-                self._once.add(key)
-                return
-            self._once.discard(key)
-        elif len(self._blocks[key]) >= 4:
-            return
+        if not self._cache.seen_before(key) or self._cache.full(key):
+            return  # kept from its second sighting on: a text logged once costs nothing more
         state = Reader(_decode(buf[ls : buf.find(b"\n", ls)]), is_record_start)
         p = buf.find(b"\n", ls) + 1
         while p < stop:
             q = buf.find(b"\n", p)
             state.feed(_decode(buf[p:q]))
             p = q + 1
-        if len(self._blocks) >= CACHE_SIZE:
-            self._blocks.clear()
-        entries = self._blocks.setdefault(key, [])
-        if len(entries) < 4:
-            entries.append((bytes(buf[ls:stop]), state, tuple(lines), last_off - ls))
+        self._cache.put(key, (bytes(buf[ls:stop]), state, chain, rec.last_off - ls))
 
     def _record_start(self, buf: bytearray, ls: int, floor: int) -> tuple[int, bool]:
         """The record's first line above a header (a record-start line within BACK_LINES, else the header itself),
@@ -325,25 +412,11 @@ class PlainScanner:
             p = prev
         return ls, False
 
-    def _emit_line(self, start: int, idx: int, chain: Chain) -> None:
-        """A one-line event (no traceback)."""
-        nl = self._buf.find(b"\n", start)
-        ts, logger = record_meta(_decode(self._buf[start:nl]))
-        if ts is None and self._mapped and idx < len(self._infos):
-            ts = self._infos[idx].time
-        self._stats.events += 1
-        self._sink(Event(self._line_no(idx), self._line_last(idx), ts, logger, chain))
-
-    def _emit(self, buf: bytearray, rs: int, first_idx: int, last_idx: int, lines: list[str], truncated: bool) -> None:
+    def _emit(
+        self, buf: bytearray, rs: int, first_idx: int, last_idx: int, chain: Chain | None, truncated: bool
+    ) -> None:
         if truncated:
             self._stats.truncated += 1
-        key = tuple(lines)
-        chain = self._cache.get(key, _MISS)
-        if chain is _MISS:
-            chain = parse(lines)
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = chain
         if chain is None:
             self._stats.parse_errors += 1
             return
@@ -353,3 +426,12 @@ class PlainScanner:
             ts = self._infos[first_idx].time
         self._stats.events += 1
         self._sink(Event(self._line_no(first_idx), self._line_last(last_idx), ts, logger, chain, truncated))
+
+    def _emit_line(self, start: int, idx: int, chain: Chain) -> None:
+        """A one-line event (no traceback)."""
+        nl = self._buf.find(b"\n", start)
+        ts, logger = record_meta(_decode(self._buf[start:nl]))
+        if ts is None and self._mapped and idx < len(self._infos):
+            ts = self._infos[idx].time
+        self._stats.events += 1
+        self._sink(Event(self._line_no(idx), self._line_last(idx), ts, logger, chain))

@@ -10,11 +10,15 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from dbwatch.logs.formats.plain import PlainScanner
+import structlog
+
+from dbwatch.logs.formats.plain import ParseCache, PlainScanner
 from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
 
 __all__ = ["JsonLines", "chain_of", "record_fields"]
+
+log = structlog.get_logger("dbwatch.logs")
 
 EXC_KEYS: Final = ("exception", "exc_info", "exc_text", "stack_trace", "stack", "traceback", "error")
 MSG_KEYS: Final = ("event", "message", "msg")
@@ -86,6 +90,7 @@ class JsonLines:
         max_record_bytes: int = 1 << 20,
         on_record: RecordHook | None = None,
         start_line: int = 1,
+        cache: ParseCache | None = None,
     ) -> None:
         self._sink = sink
         self._stats = stats
@@ -94,7 +99,10 @@ class JsonLines:
         self._on_record = on_record
         self._line = start_line  # next physical line when not mapped
         self._off = 0  # input offset of the next line when not mapped
-        self._text = PlainScanner(sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record)
+        self._text = PlainScanner(
+            sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record, cache=cache
+        )
+        self._failed = False  # a record raised: logged once
 
     @property
     def pending(self) -> bool:
@@ -118,7 +126,7 @@ class JsonLines:
                 self._line += 1
                 self._off += len(raw) + 1
                 self._stats.lines += 1
-            if raw.startswith(b"{") and (self.record(raw, info) or self._strict):
+            if raw.startswith(b"{") and (self._record(raw, info) or self._strict):
                 continue
             if self._strict and raw.strip():
                 self._stats.unmatched += 1
@@ -128,6 +136,17 @@ class JsonLines:
 
     def flush(self) -> None:
         self._text.flush()
+
+    def _record(self, raw: bytes, info: LineInfo) -> bool:
+        """`record`, with whatever one record raises caught: counted as a parse error, logged once."""
+        try:
+            return self.record(raw, info)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the file
+            self._stats.parse_errors += 1
+            if not self._failed:
+                self._failed = True
+                log.warning("log_record_failed", error=type(exc).__name__)
+            return True
 
     def record(self, raw: bytes, info: LineInfo) -> bool:
         """One JSON record; False if it is not one (counted as a parse error when `strict`, else read as text)."""

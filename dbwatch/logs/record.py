@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -10,7 +11,17 @@ from typing import Any, Final, Protocol
 
 from dbwatch.logs.traceback import Chain, Exc
 
-__all__ = ["LINE_NEEDLE", "Event", "LineInfo", "RecordHook", "Sink", "Stats", "line_event", "parse_timestamp"]
+__all__ = [
+    "LINE_NEEDLE",
+    "Event",
+    "LineInfo",
+    "RecordHook",
+    "Sink",
+    "Stats",
+    "line_event",
+    "parse_timestamp",
+    "warn",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +108,14 @@ def parse_timestamp(text: str | None) -> float | None:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.timestamp()
+
+
+def warn(event: str, **kw: Any) -> None:
+    """A warning through structlog (the daemon's logs), or stdlib logging where structlog is not installed (`dbwatch
+    scan` from an install with only the hook extra)."""
+    try:
+        import structlog  # noqa: PLC0415 - the daemon has it; the hook extra does not
+    except ImportError:
+        logging.getLogger("dbwatch.logs").warning("%s %s", event, kw)
+        return
+    structlog.get_logger("dbwatch.logs").warning(event, **kw)

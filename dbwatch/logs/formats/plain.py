@@ -13,9 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-import structlog
-
-from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
+from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event, warn
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Builder, Chain, Reader, Verdict
 
 __all__ = ["ParseCache", "PlainScanner", "is_record_start", "record_meta"]
@@ -47,9 +45,6 @@ _LOGGER_RES: Final = (
 )
 BACK_LINES: Final = 50  # how far above a traceback header its record's message line is looked for
 CONTEXT_BYTES: Final = 16 * 1024  # text kept from the previous buffer to find that line across a boundary
-
-
-log = structlog.get_logger("dbwatch.logs")
 
 
 class ParseCache:
@@ -285,7 +280,7 @@ class PlainScanner:
                 self._stats.parse_errors += 1
                 if not self._failed:
                     self._failed = True
-                    log.warning("log_record_failed", error=type(exc).__name__)
+                    warn("log_record_failed", error=type(exc).__name__)
             pos = floor = max(rec.p, buf.find(b"\n", rec.ls, end) + 1)
             rec = None
         # keep an unfinished record, or a little context for a header at the start of the next buffer

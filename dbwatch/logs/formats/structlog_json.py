@@ -10,15 +10,11 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-import structlog
-
 from dbwatch.logs.formats.plain import ParseCache, PlainScanner
-from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event
+from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event, warn
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
 
 __all__ = ["JsonLines", "chain_of", "record_fields"]
-
-log = structlog.get_logger("dbwatch.logs")
 
 EXC_KEYS: Final = ("exception", "exc_info", "exc_text", "stack_trace", "stack", "traceback", "error")
 MSG_KEYS: Final = ("event", "message", "msg")
@@ -145,7 +141,7 @@ class JsonLines:
             self._stats.parse_errors += 1
             if not self._failed:
                 self._failed = True
-                log.warning("log_record_failed", error=type(exc).__name__)
+                warn("log_record_failed", error=type(exc).__name__)
             return True
 
     def record(self, raw: bytes, info: LineInfo) -> bool:

@@ -6,12 +6,16 @@ import asyncio
 import errno
 import socket
 import ssl
+import sys
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import asyncpg
-import psycopg
 
-__all__ = ["Reason", "classify"]
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["Reason", "classify", "server_errors"]
 
 
 class Reason(StrEnum):
@@ -81,9 +85,19 @@ def _classify_one(exc: BaseException) -> Reason:
             return Reason.TOO_MANY_CONNECTIONS
     if isinstance(exc, ConnectionError) and "SSL" in str(exc):
         return Reason.SSL
-    if isinstance(exc, psycopg.Error):
+    pg = sys.modules.get("psycopg")
+    if pg is not None and isinstance(exc, pg.Error):
         return _classify_psycopg(exc)
     return Reason.OTHER
+
+
+def server_errors() -> tuple[type[Exception], ...]:
+    """The drivers' error classes for what the server answered: asyncpg's, and psycopg's once a target loaded it.
+
+    psycopg is imported only by a config that uses it (pgbouncer), and none of its errors exist before that.
+    """
+    pg = sys.modules.get("psycopg")
+    return (asyncpg.PostgresError,) if pg is None else (asyncpg.PostgresError, pg.Error)
 
 
 # libpq reports connection failures as text only (no SQLSTATE); these are its stable phrases.

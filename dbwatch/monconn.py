@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import asyncpg
-import psycopg
 import structlog
 
 from dbwatch import metrics as m
@@ -31,7 +30,7 @@ from dbwatch.coordination import (
     keepalive_bound,
     keepalive_settings,
 )
-from dbwatch.errors import Reason, classify
+from dbwatch.errors import Reason, classify, server_errors
 from dbwatch.probes.pgbouncer import connect_pgbouncer
 from dbwatch.probes.postgres import connect_kwargs
 from dbwatch.store import Store
@@ -90,26 +89,28 @@ async def _connect_postgres(target: Target, timeout: float) -> Any:
     return conn
 
 
-# Errors after which the session is still in a known state: the server answered, or a timeout cancelled the query.
-_KEEPS_CONNECTION: Final = (asyncpg.PostgresError, psycopg.Error, TimeoutError, asyncio.CancelledError)
+def _keeps_connection() -> tuple[type[BaseException], ...]:
+    """Errors after which the session is in a known state: the server answered, or a timeout cancelled the query."""
+    return (*server_errors(), TimeoutError, asyncio.CancelledError)
 
 
+# A connection is asyncpg's (postgres targets) or psycopg's (pgbouncer): testing for asyncpg's keeps psycopg unloaded.
 def _abort(conn: Any) -> None:
-    if isinstance(conn, psycopg.AsyncConnection):
-        conn.pgconn.finish()
-    else:
+    if isinstance(conn, asyncpg.Connection):
         conn.terminate()
+    else:
+        conn.pgconn.finish()
 
 
 def _is_closed(conn: Any) -> bool:
-    if isinstance(conn, psycopg.AsyncConnection):
-        return bool(conn.closed or conn.broken)
-    return bool(conn.is_closed())
+    if isinstance(conn, asyncpg.Connection):
+        return bool(conn.is_closed())
+    return bool(conn.closed or conn.broken)
 
 
 async def _close(conn: Any, timeout: float) -> None:
-    if isinstance(conn, psycopg.AsyncConnection):
-        with contextlib.suppress(psycopg.Error, OSError):
+    if not isinstance(conn, asyncpg.Connection):
+        with contextlib.suppress(*server_errors(), OSError):
             await conn.close()
         return
     try:
@@ -166,7 +167,7 @@ class MonitorConnection:
                 if self._coordinator is not None:
                     _abort(conn)
                 raise
-            except _KEEPS_CONNECTION:
+            except _keeps_connection():
                 raise
             except BaseException:
                 # Anything else (a protocol or client error) leaves the session in an unknown state: drop it.

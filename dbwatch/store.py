@@ -7,17 +7,14 @@ import functools
 import math
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 
 from dbwatch.metrics import SERIES_DROPPED, MetricSpec, MetricType
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["Exposition", "Sample", "Store", "StoreCollector", "TargetStatus", "series_cost"]
 
@@ -273,6 +270,9 @@ def _part_of(spec: MetricSpec) -> Callable[[Labels], str]:
 
 def _family(spec: MetricSpec, series: dict[Labels, Any]) -> Metric:
     """One client_python family holding the given series of a spec (values for gauges/counters, _Hist otherwise)."""
+    # Imported here, so that `import dbwatch.config` (collectors -> Sample) does not load prometheus_client.
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily  # noqa: PLC0415
+
     if spec.type is MetricType.GAUGE:
         g = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
         for labels, value in sorted(series.items()):

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import bcrypt
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -261,8 +260,12 @@ class _PasswordChecker:
         self._room = workers + queue  # checks running or waiting; one more is BUSY
         self._pending = 0
         # Checked when the user is unknown, at the same cost, so a wrong user name takes as long as a wrong password.
-        cost = int(next(iter(self._users.values()))[4:6]) if self._users else 4
-        self._dummy = bcrypt.hashpw(b"dbwatch-no-such-user", bcrypt.gensalt(rounds=cost)) if self._users else b""
+        self._dummy = b""
+        if self._users:
+            import bcrypt  # noqa: PLC0415 - loaded only with basic_auth_users, like every bcrypt use below
+
+            cost = int(next(iter(self._users.values()))[4:6])
+            self._dummy = bcrypt.hashpw(b"dbwatch-no-such-user", bcrypt.gensalt(rounds=cost))
 
     @property
     def enabled(self) -> bool:
@@ -286,6 +289,8 @@ class _PasswordChecker:
         if known is not None:
             self._cache.move_to_end(digest)
             return AuthResult.OK if known else AuthResult.DENIED
+        import bcrypt  # noqa: PLC0415
+
         if self._pending >= self._room:
             return AuthResult.BUSY
         self._pending += 1
@@ -368,6 +373,8 @@ def _users(raw: object) -> dict[str, bytes]:
         if not isinstance(value, str) or not _BCRYPT_RE.match(value):
             raise ConfigError(f'{path}: expected a bcrypt hash ($2y$10$…, e.g. from `htpasswd -nBC 10 ""`)')
         hashed = value.encode()
+        import bcrypt  # noqa: PLC0415
+
         try:
             bcrypt.checkpw(b"", hashed)
         except ValueError:

@@ -6,13 +6,11 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-import asyncpg
-import psycopg
-
 from dbwatch import metrics as m
 from dbwatch.collectors import COLLECTORS, Collector, Scope
 from dbwatch.config import Target
 from dbwatch.coordination import Share
+from dbwatch.errors import server_errors
 from dbwatch.metrics import MetricSpec, MetricType
 from dbwatch.monconn import MonitorConnection, Monitors
 from dbwatch.store import Labels, Sample, Store
@@ -67,7 +65,7 @@ class CollectorJob:
                 self._forget()  # another instance collects now (or will): its series, not ours
             elif self._last_ok is not None and time.monotonic() - self._last_ok > self._stale_after:
                 self._store.drop((self.job, self.target))
-            if isinstance(exc, asyncpg.PostgresError | psycopg.Error) and exc.sqlstate in _SERVER_TIMEOUTS:
+            if isinstance(exc, server_errors()) and getattr(exc, "sqlstate", None) in _SERVER_TIMEOUTS:
                 raise TimeoutError("collection cut short by the server's statement/lock timeout") from exc
             raise
         self._record(samples)

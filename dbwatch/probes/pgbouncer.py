@@ -8,12 +8,13 @@ extended protocol, which the console refuses.
 from __future__ import annotations
 
 import time
-from typing import Any, Final
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Final
 
 from dbwatch.config import Target
 from dbwatch.probes.postgres import APPLICATION_NAME
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["PHASES", "connect_pgbouncer", "probe_pgbouncer"]
 
@@ -23,6 +24,8 @@ PHASES: Final = ("startup", "query")
 
 async def connect_pgbouncer(target: Target, timeout: float) -> psycopg.AsyncConnection[Any]:
     """An autocommit psycopg connection to the admin console; the password is revealed only here."""
+    import psycopg  # noqa: PLC0415 - psycopg (about 10 MiB) is loaded only by a config with a pgbouncer target
+
     dsn = target.dsn
     kwargs: dict[str, Any] = {
         "host": dsn.host,

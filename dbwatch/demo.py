@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dbwatch import logsetup
 from dbwatch import metrics as m
@@ -29,6 +33,10 @@ __all__ = ["ACCESS_DIR", "LOGIN_PASSWORD_ENV", "LOGIN_PATH", "run_demo"]
 LOGIN_PASSWORD_ENV = "DBWATCH_DEMO_LOGIN_PASSWORD"  # noqa: S105 - the variable's name; its value is random per run
 LOGIN_PATH = "/api/login"  # the workload's login endpoint, probed as target demo-login
 ACCESS_DIR = "access"  # under the log dir: the workload's access log, a log source with `access:` of its own
+MARK = "dbwatch-demo.json"  # in a demo's cluster dir: the pids of the demo and of its app, for the next run's sweep
+HOOK_APP = "demo-app"  # the `app` label of the demo app's pool hook
+# Besides Ctrl-C, the signals that end the demo with its clean-up: `kill`, and SIGHUP (its terminal closed).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -46,19 +54,27 @@ def _say(text: str) -> None:
 
 
 def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: str = "asyncpg") -> int:
-    """Run the demo until Ctrl-C/SIGTERM (or `duration` seconds); returns the exit code.
+    """Run the demo until Ctrl-C/SIGTERM/SIGHUP (or `duration` seconds); returns the exit code.
 
     `driver` is the demo app's SQLAlchemy driver (asyncpg or psycopg); the target `demo` takes the app's URL as is.
     """
-    # SIGTERM during set-up must still clean up: turn it into KeyboardInterrupt until the loop takes over.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     host, port = listen
     if not _port_free(host, port):
-        port = 0
+        sys.stderr.write(f"dbwatch demo: {host}:{port} is already in use; choose another with --listen HOST:PORT\n")
+        return 1
+    # SIGTERM or SIGHUP during set-up must still clean up: KeyboardInterrupt, like Ctrl-C, until the loop takes over.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)
+    swept = sweep()
+    if swept:
+        _say(f"dbwatch demo: removed {swept} cluster(s) and app(s) left behind by a demo that was killed")
     password = "demo-" + secrets.token_urlsafe(12)
     _say("dbwatch demo: starting a throwaway PostgreSQL cluster…")
     try:
-        with Cluster() as cluster:
+        cluster = Cluster()
+        mark = cluster.base / MARK  # before initdb: a demo killed from here on leaves nothing the next one misses
+        _write_mark(mark, None)
+        with cluster:
             cluster.psql(f"CREATE ROLE app LOGIN PASSWORD '{password}'")
             cluster.psql("CREATE DATABASE app OWNER app")
             cfg_path = Path(cluster.base) / "dbwatch.yaml"
@@ -66,6 +82,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
             log_dir.mkdir()
             with_app = importlib.util.find_spec("sqlalchemy") is not None and importlib.util.find_spec("greenlet")
             app_port = _free_port() if with_app else 0
+            hook_port = _free_port(socket.SOCK_DGRAM)
             login_password = "login-" + secrets.token_urlsafe(12)
             os.environ[LOGIN_PASSWORD_ENV] = login_password  # read by the config's secret_fields, never written
             cfg_path.write_text(
@@ -82,7 +99,9 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
                 f"    dsn: 'postgresql://app:{password}@127.0.0.1:{cluster.port}/no_such_db'\n"
                 f"    interval: {interval}\n"
                 f"    timeout: {min(interval, 3.0)}\n"
-                "    critical: false\n" + (_login_target(app_port, interval) if app_port else "") + "logs:\n"
+                "    critical: false\n" + (_login_target(app_port, interval) if app_port else "") + "hook:\n"
+                f"  listen: '127.0.0.1:{hook_port}'\n"
+                "logs:\n"
                 "  poll_interval: 1s\n"
                 "  app_packages: [dbwatch]\n"
                 "  sources:\n"
@@ -99,7 +118,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
             logsetup.configure("warning", "console", config.secrets(), stream=sys.stderr)
             _say(f"  PostgreSQL {cluster.bindir.parts[-2]} on 127.0.0.1:{cluster.port}, data in {cluster.base}")
             app_dsn = f"postgresql+{driver}://app:{password}@127.0.0.1:{cluster.port}/app"
-            with _workload(app_dsn, log_dir, app_port, login_password):
+            with _workload(app_dsn, log_dir, app_port, login_password, hook_port, mark):
                 asyncio.run(_run(config, duration))
     except ClusterError as exc:
         sys.stderr.write(f"dbwatch demo: {exc}\n")
@@ -107,15 +126,70 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
     _say("dbwatch demo: stopped; cluster removed.")
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _write_mark(mark: Path, app_pid: int | None) -> None:
+    mark.write_text(json.dumps({"pid": os.getpid(), "app_pid": app_pid}), encoding="utf-8")
+
+
+def _runs(pid: object, needle: str) -> bool:
+    """Whether pid is a live process whose command line holds needle (a reused pid does not match)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _stop(pid: object, needle: str, sig: signal.Signals) -> None:
+    """Signal a process that still is what needle says, then SIGKILL it if it has not gone within 10 s."""
+    if not _runs(pid, needle):
+        return
+    assert isinstance(pid, int)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while _runs(pid, needle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _runs(pid, needle):
+            os.kill(pid, signal.SIGKILL)
+
+
+def sweep(tmp: Path | None = None) -> int:
+    """Remove what demos killed before their clean-up left behind: their app, their server, their cluster dir.
+
+    Only dirs holding a demo's mark whose demo process is gone: a running demo's and the tests' clusters stay.
+    """
+    swept = 0
+    for mark in sorted(Path(tmp or tempfile.gettempdir()).glob(f"dbwatch-pg-*/{MARK}")):
+        try:
+            info: dict[str, Any] = json.loads(mark.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _runs(info.get("pid"), "dbwatch"):
+            continue
+        base = mark.parent
+        _stop(info.get("app_pid"), "dbwatch.demo_workload", signal.SIGTERM)
+        datadir = base / "data"
+        try:
+            postmaster: object = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            postmaster = None
+        _stop(postmaster, str(datadir), signal.SIGQUIT)  # immediate shutdown; its backends exit with it
+        shutil.rmtree(base, ignore_errors=True)
+        swept += 1
+    return swept
 
 
 def _login_target(port: int, interval: float) -> str:
@@ -134,21 +208,28 @@ def _login_target(port: int, interval: float) -> str:
 
 
 @contextlib.contextmanager
-def _workload(dsn: str, log_dir: Path, port: int, password: str) -> Iterator[None]:
+def _workload(dsn: str, log_dir: Path, port: int, password: str, hook_port: int, mark: Path) -> Iterator[None]:
     """Run the demo app (dbwatch.demo_workload) as its own process, as a real app runs beside the sidecar."""
     if not port:
         _say("  demo app skipped: it needs SQLAlchemy (pip install 'dbwatch[demo]')")
         yield
         return
+    hook_env = {
+        "DBWATCH_HOOK_ADDR": f"127.0.0.1:{hook_port}",
+        "DBWATCH_HOOK_APP": HOOK_APP,
+        "DBWATCH_HOOK_INTERVAL": "1",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dbwatch.demo_workload", "--log-dir", str(log_dir), "--port", str(port)],
-        env={**os.environ, "DEMO_DATABASE_URL": dsn, "DEMO_LOGIN_PASSWORD": password},
+        env={**os.environ, "DEMO_DATABASE_URL": dsn, "DEMO_LOGIN_PASSWORD": password, **hook_env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    _write_mark(mark, proc.pid)
     driver = dsn.split("://", 1)[0].partition("+")[2]
     _say(f"  demo app (async SQLAlchemy on {driver}, bugs now and then) logging to {log_dir}")
+    _say(f"  its pool reports through the in-app hook to UDP 127.0.0.1:{hook_port} (app {HOOK_APP})")
     _say(f"  demo login endpoint http://127.0.0.1:{port}{LOGIN_PATH}, probed as target demo-login")
     try:
         yield
@@ -172,11 +253,14 @@ async def _run(config: Config, duration: float) -> None:
         ticker.append(asyncio.create_task(_report(store, config, stop)))
 
     ticker: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
     if duration > 0:
-        asyncio.get_running_loop().call_later(duration, stop.set)
+        loop.call_later(duration, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, stop.set)  # serve() takes SIGINT and SIGTERM
     try:
         await serve(config, store=store, stop=stop, on_started=started)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         for t in ticker:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -197,6 +281,11 @@ async def _report(store: Store, config: Config, stop: asyncio.Event) -> None:
             fails = {r.value: store.counter_value(m.PROBE_FAILURES, (t.name, r.value)) for r in kind.reasons}
             failed = ", ".join(f"{k}={v:g}" for k, v in fails.items() if v) or "none"
             _say(f"[{stamp}] {t.name:16} up={up:g} {' '.join(phases)} failures: {failed}")
+            sessions = _sessions(store, t.name) if "pg_activity" in t.collect.collectors else ""
+            if sessions:
+                _say(f"[{stamp}] {t.name:16} server sessions: {sessions}")
+        if config.hook is not None:
+            _say(f"[{stamp}] {HOOK_APP + '/primary':16} pool (in-app hook): {_pool(store, (HOOK_APP, 'primary'))}")
         for source in config.logs.sources:
             if source.access is not None:
                 _say(f"[{stamp}] {source.name:16} login latency (access log): {_login_latency(store, source.name)}")
@@ -204,6 +293,30 @@ async def _report(store: Store, config: Config, stop: asyncio.Event) -> None:
             found = _log_counts(store, source.name)
             shown = ", ".join(f"{cat}={n:g} at {loc}" for (cat, loc), n in found[:4]) or "none yet"
             _say(f"[{stamp}] {source.name:16} logged exceptions: {shown}")
+
+
+def _sessions(store: Store, target: str) -> str:
+    """A target's server sessions by state (pg_activity), over all databases and roles; '' before the first."""
+    states: dict[str, float] = {}
+    for fam in store.families():
+        if fam.name == m.PG_SESSIONS.name:
+            for s in fam.samples:
+                if s.labels.get("target") == target and s.value:
+                    state = s.labels["state"] or "background"  # the server's own processes have no state
+                    states[state] = states.get(state, 0.0) + s.value
+    return " ".join(f"{k.replace(' ', '_')}={v:g}" for k, v in sorted(states.items()))
+
+
+def _pool(store: Store, labels: tuple[str, str]) -> str:
+    """The app's pool as its hook reports it: connections checked out and idle, checkouts, mean checkout wait."""
+    out = store.gauge_value(m.APP_POOL_CHECKED_OUT, labels)
+    if out is None:
+        return "no report yet"
+    idle = store.gauge_value(m.APP_POOL_IDLE, labels) or 0.0
+    n, total = store.histogram_value(m.APP_POOL_CHECKOUT_WAIT, labels)
+    wait = f"{1000 * total / n:.2f}ms" if n else "-"
+    checkouts = store.counter_value(m.APP_POOL_CHECKOUTS, labels)
+    return f"checked_out={out:g} idle={idle:g} checkouts={checkouts:g} mean_wait={wait}"
 
 
 def _log_counts(store: Store, source: str) -> list[tuple[tuple[str, str], float]]:

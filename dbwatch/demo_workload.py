@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbwatch.demo import ACCESS_DIR, LOGIN_PATH
+from dbwatch.hook import instrument
 
 __all__ = ["main"]
 
@@ -144,6 +145,7 @@ async def run(
         ],
     )
     engine = create_async_engine(dsn, pool_size=3, max_overflow=0)
+    instrument(engine, name="primary")  # the pool hook; the demo sets DBWATCH_HOOK_ADDR and DBWATCH_HOOK_APP
     good = async_sessionmaker(engine, expire_on_commit=False)
     bad = async_sessionmaker(engine, expire_on_commit=True)
     async with engine.begin() as conn:

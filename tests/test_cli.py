@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,10 +91,14 @@ def _demo_dir(out: str) -> Path:
     return Path(m.group(1))
 
 
+def _ps() -> str:
+    """Every process's command line, unabridged."""
+    return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+
+
 def _assert_cleaned(datadir: Path) -> None:
     assert not datadir.exists()
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(datadir) not in ps
+    assert str(datadir) not in _ps()
 
 
 def test_demo_runs_and_cleans_up() -> None:
@@ -102,22 +108,69 @@ def test_demo_runs_and_cleans_up() -> None:
     assert "/metrics" in proc.stdout
     assert "demo             up=1" in proc.stdout
     assert "database_missing=" in proc.stdout
+    assert re.search(r"demo             server sessions: .*active=[1-9]", proc.stdout)
+    assert re.search(r"demo-app/primary pool \(in-app hook\): checked_out=\d+ idle=\d+ checkouts=[1-9]", proc.stdout)
     _assert_cleaned(_demo_dir(proc.stdout))
 
 
-def test_demo_cleans_up_on_sigterm() -> None:
-    """SIGTERM while the demo runs: exit 0, cluster and temp dir gone."""
-    proc = demo_process("--interval", "1", "--listen", f"127.0.0.1:{free_port()}", stderr=subprocess.PIPE)
+def _until(proc: subprocess.Popen[str], text: str) -> str:
+    """The demo's output up to and including the first line holding text."""
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "up=1" in line:
+        if text in line:
             break
-    proc.send_signal(signal.SIGTERM)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_demo_cleans_up_on_sigterm_and_sighup(sig: signal.Signals) -> None:
+    """SIGTERM or SIGHUP (its terminal closed) while the demo runs: exit 0, cluster, temp dir and app gone."""
+    proc = demo_process("--interval", "1", "--listen", f"127.0.0.1:{free_port()}", stderr=subprocess.PIPE)
+    head = _until(proc, "up=1")
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
-    sys.stdout.write("".join(lines) + out)
+    sys.stdout.write(head + out)
     sys.stderr.write(err)
     assert proc.returncode == 0
     assert "cluster removed" in out
-    _assert_cleaned(_demo_dir("".join(lines)))
+    datadir = _demo_dir(head)
+    _assert_cleaned(datadir)
+    assert not _demo_apps(datadir)
+
+
+def _demo_apps(datadir: Path) -> list[str]:
+    """Command lines of the demo apps whose logs go under datadir."""
+    return [line for line in _ps().splitlines() if "dbwatch.demo_workload" in line and str(datadir) in line]
+
+
+def test_demo_busy_port_is_an_error() -> None:
+    """`--listen` on a port in use: exit 1 saying so, before any cluster is made (no silent move to another port)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("demo", "--duration", "1", "--listen", f"127.0.0.1:{port}", timeout=30)
+    assert proc.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in proc.stderr
+    assert "PostgreSQL" not in proc.stdout
+
+
+def test_demo_sweeps_what_a_killed_demo_left() -> None:
+    """A demo killed with SIGKILL leaves its server, app and cluster dir; the next demo removes them first."""
+    killed = demo_process("--interval", "1", "--listen", f"127.0.0.1:{free_port()}", stderr=subprocess.PIPE)
+    head = _until(killed, "logging to")  # the cluster runs and the app has started
+    killed.kill()
+    killed.communicate(timeout=30)
+    datadir = _demo_dir(head)
+    postmaster = int((datadir / "data" / "postmaster.pid").read_text().split()[0])
+    assert _demo_apps(datadir)
+    os.kill(postmaster, 0)  # still running: nothing cleaned up after SIGKILL
+
+    proc = run_cli("demo", "--duration", "1", "--interval", "1", "--listen", f"127.0.0.1:{free_port()}", timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "left behind by a demo that was killed" in proc.stdout
+    _assert_cleaned(datadir)
+    assert not _demo_apps(datadir)
+    _assert_cleaned(_demo_dir(proc.stdout))

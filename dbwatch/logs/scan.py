@@ -120,10 +120,12 @@ def scan_file(
     max_record_bytes: int = 1 << 20,
     on_event: Callable[[Event, Classified], None] | None = None,
     cache: ParseCache | None = None,
+    prefilter: bool = True,
 ) -> FileReport:
     """Read one file to its end and classify every event; `progress` gets a bar for large files.
 
     Each event goes to `on_event` when given (then the report keeps only its totals), else into `report.events`.
+    With `prefilter`, lines that cannot hold a traceback are counted, not parsed (see dbwatch.logs.prefilter).
     """
     rules = rules or AppRules()
     stats = Stats()
@@ -141,7 +143,15 @@ def scan_file(
         else:
             report.events.append((kept, replace(c, message=c.message.split("\n", 1)[0][:EXAMPLE_CHARS])))
 
-    splitter = Splitter(fmt, sink, stats, max_line_bytes=max_line_bytes, max_record_bytes=max_record_bytes, cache=cache)
+    splitter = Splitter(
+        fmt,
+        sink,
+        stats,
+        max_line_bytes=max_line_bytes,
+        max_record_bytes=max_record_bytes,
+        cache=cache,
+        prefilter=prefilter,
+    )
     with _open(path) as f:  # unbuffered: reads go straight into each chunk
         # a regular file is read up to its size at open (one that keeps growing still ends); stdin to its EOF
         total = os.fstat(f.fileno()).st_size if str(path) != STDIN else 0

@@ -33,11 +33,14 @@ class Parser(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """What bounds a parser's memory: the longest line kept, the largest record assembled, the source's cache."""
+    """What bounds a parser's memory: the longest line kept, the largest record assembled, the source's cache; and
+    whether it may parse only the lines that could hold a traceback (`prefilter`: bad JSON is then counted only
+    among those)."""
 
     max_line_bytes: int = 1 << 20
     max_record_bytes: int = 1 << 20
     cache: ParseCache | None = None  # shared by the files of one source; None: the parser makes its own
+    prefilter: bool = False
 
 
 def _plain(sink: Sink, stats: Stats, caps: Caps, hook: RecordHook | None, line: int) -> Parser:
@@ -48,7 +51,13 @@ def _plain(sink: Sink, stats: Stats, caps: Caps, hook: RecordHook | None, line: 
 
 def _json(sink: Sink, stats: Stats, caps: Caps, hook: RecordHook | None, line: int) -> Parser:
     return JsonLines(
-        sink, stats, max_record_bytes=caps.max_record_bytes, on_record=hook, start_line=line, cache=caps.cache
+        sink,
+        stats,
+        max_record_bytes=caps.max_record_bytes,
+        on_record=hook,
+        start_line=line,
+        cache=caps.cache,
+        prefilter=caps.prefilter,
     )
 
 
@@ -104,10 +113,11 @@ class Splitter:
         start_offset: int = 0,
         start_line: int = 1,
         cache: ParseCache | None = None,
+        prefilter: bool = False,
     ) -> None:
         self.format = fmt
         self._sink, self._stats, self._hook = sink, stats, on_record
-        self._caps = Caps(max_line_bytes, max_record_bytes, cache)
+        self._caps = Caps(max_line_bytes, max_record_bytes, cache, prefilter)
         self._start_offset, self._start_line = start_offset, start_line
         self.parser: Parser | None = None if fmt == "auto" else self._make(fmt)
         self._head = b""  # waiting for enough lines to sniff

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from dbwatch.logs.formats.plain import ParseCache, PlainScanner
+from dbwatch.logs.prefilter import json_candidates
 from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event, warn
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
 
@@ -87,6 +88,7 @@ class JsonLines:
         on_record: RecordHook | None = None,
         start_line: int = 1,
         cache: ParseCache | None = None,
+        prefilter: bool = False,
     ) -> None:
         self._sink = sink
         self._stats = stats
@@ -95,6 +97,9 @@ class JsonLines:
         self._on_record = on_record
         self._line = start_line  # next physical line when not mapped
         self._off = 0  # input offset of the next line when not mapped
+        # parse only lines that could hold a traceback: a file of its own, no access-log hook (it needs every record);
+        # bad JSON is then counted only among those lines
+        self._prefilter = prefilter and not mapped and strict and on_record is None
         self._text = PlainScanner(
             sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record, cache=cache
         )
@@ -111,24 +116,45 @@ class JsonLines:
         """Take complete lines; `infos` gives their physical lines when `mapped`."""
         other: list[bytes] = []
         other_infos: list[LineInfo] = []
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        for k, raw in enumerate(lines):
-            if self._mapped:
-                info = infos[k] if infos and k < len(infos) else LineInfo(0, 0, None)
-            else:
-                info = LineInfo(self._line, self._line, None, self._off)
-                self._line += 1
-                self._off += len(raw) + 1
-                self._stats.lines += 1
-            if raw.startswith(b"{") and (self._record(raw, info) or self._strict):
-                continue
-            if self._strict and raw.strip():
-                self._stats.unmatched += 1
-            other.append(raw)
-            other_infos.append(info)
+        if self._prefilter:
+            self._feed_candidates(data, other, other_infos)
+        else:
+            lines = data.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            for k, raw in enumerate(lines):
+                if self._mapped:
+                    info = infos[k] if infos and k < len(infos) else LineInfo(0, 0, None)
+                else:
+                    info = LineInfo(self._line, self._line, None, self._off)
+                    self._line += 1
+                    self._off += len(raw) + 1
+                    self._stats.lines += 1
+                self._line_in(raw, info, other, other_infos)
         self._text.feed(b"\n".join(other) + b"\n" if other else b"", other_infos, final=final)
+
+    def _feed_candidates(self, data: bytes, other: list[bytes], other_infos: list[LineInfo]) -> None:
+        """Parse only the lines that could hold a traceback (see prefilter); count every line."""
+        pos, line = 0, self._line
+        for start in json_candidates(data):
+            line += data.count(b"\n", pos, start)
+            pos = start
+            end = data.find(b"\n", start)
+            raw = data[start : len(data) if end < 0 else end]
+            self._line_in(raw, LineInfo(line, line, None, self._off + start), other, other_infos)
+        n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        self._line += n
+        self._off += len(data) + (1 if data and not data.endswith(b"\n") else 0)
+        self._stats.lines += n
+
+    def _line_in(self, raw: bytes, info: LineInfo, other: list[bytes], other_infos: list[LineInfo]) -> None:
+        """One line: a JSON record, or text for the plain scanner (and unmatched when `strict`)."""
+        if raw.startswith(b"{") and (self._record(raw, info) or self._strict):
+            return
+        if self._strict and raw.strip():
+            self._stats.unmatched += 1
+        other.append(raw)
+        other_infos.append(info)
 
     def flush(self) -> None:
         self._text.flush()

@@ -1,0 +1,83 @@
+"""The prefiltered JSON reader (`dbwatch scan`) finds exactly what the full parse finds, for any input in any pieces."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dbwatch.logs.formats import Splitter
+from dbwatch.logs.prefilter import json_candidates
+from dbwatch.logs.record import Event, Stats
+from tests.faults.test_fuzz_logs import _TB
+
+_TEXT = "\n".join(_TB[1:7])
+_RECORDS = [
+    json.dumps({"event": "Login failed", "exception": _TEXT}),
+    json.dumps({"event": 'query="Traceback (most recent call last):"'}),  # a decoy: parsed, no event
+    json.dumps({"event": "failed", "exception": [{"exc_type": "MissingGreenlet", "exc_value": "x", "frames": []}]}),
+    json.dumps({"event": _TB[13]}),  # a one-line event
+    json.dumps({"event": "ok", "level": "info"}),
+    '{"event": "bad json, no marker"',
+    '{"event": "bad json", "exception": "Traceback (most recent call last):\\n',
+    *_TB,  # raw text lines between records: read by the text scanner
+    "",
+]
+lines = st.one_of(
+    st.sampled_from(_RECORDS).map(lambda s: s.encode() + b"\n"),
+    st.text(max_size=30).map(lambda s: json.dumps({"event": s}).encode() + b"\n"),
+    st.binary(max_size=64),  # garbage, invalid UTF-8, no newline
+)
+documents = st.lists(lines, max_size=40).map(b"".join)
+
+
+def _parse(data: bytes, cuts: list[int], *, prefilter: bool) -> tuple[list[Event], Stats]:
+    events: list[Event] = []
+    stats = Stats()
+    sp = Splitter("json", events.append, stats, prefilter=prefilter)
+    prev = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        sp.feed(data[prev:cut])
+        prev = cut
+    sp.flush()
+    return events, stats
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(documents, st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_prefiltered_json_finds_what_the_full_parse_finds(data: bytes, cuts: list[int]) -> None:
+    """Same events (lines, metadata, chains) and counts; bad JSON is counted only where a traceback could be."""
+    full, s1 = _parse(data, cuts, prefilter=False)
+    fast, s2 = _parse(data, cuts, prefilter=True)
+    assert fast == full
+    assert (s2.lines, s2.bytes, s2.unmatched, s2.truncated, s2.events) == (
+        s1.lines,
+        s1.bytes,
+        s1.unmatched,
+        s1.truncated,
+        s1.events,
+    )
+    assert s2.parse_errors <= s1.parse_errors
+
+
+def test_candidates_are_marker_lines_and_text_lines() -> None:
+    """Lines holding a marker or not starting with `{` are parsed; a plain object, even bad JSON, is not."""
+    lines = [
+        (b'{"a": 1}', False),
+        (b"", True),
+        (b"", True),
+        (b'{"e": "most recent call last"}', True),
+        (b"text", True),
+        (b'{"bad"', False),
+        (b'{"x": [{"exc_type": "E"}]}', True),
+        (b'{"leak": "non-checked-in connection"}', True),
+        (b' {"indented": 1}', True),
+    ]
+    data = b"".join(line + b"\n" for line, _ in lines)
+    starts, pos = [], 0
+    for line, parsed in lines:
+        if parsed:
+            starts.append(pos)
+        pos += len(line) + 1
+    assert json_candidates(data) == starts

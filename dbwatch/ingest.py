@@ -321,7 +321,14 @@ class Ingest:
             latest = views[-1]
             samples.append(Sample(m.APP_POOL_INFO, (*labels, latest.pool_class), 1.0))
             for setting, value in sorted(latest.settings.items()):
-                samples.append(Sample(m.APP_POOL_SETTING, (*labels, setting), value))
+                if setting == "pre_ping":
+                    samples.append(Sample(m.APP_POOL_PRE_PING, labels, value))
+                elif setting.endswith("_seconds"):
+                    samples.append(
+                        Sample(m.APP_POOL_SETTING_SECONDS, (*labels, setting.removesuffix("_seconds")), value)
+                    )
+                else:
+                    samples.append(Sample(m.APP_POOL_SETTING_CONNECTIONS, (*labels, setting), value))
             for g, spec in _GAUGE_SPECS.items():
                 samples.append(Sample(spec, labels, float(sum(v.gauges[g] for v in views))))
             for finding in wire.FINDINGS:

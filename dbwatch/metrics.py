@@ -68,36 +68,37 @@ PROBE_LAST_SUCCESS = MetricSpec(
 )
 
 # --- scheduler (dbwatch/scheduler.py) -------------------------------------------------------
+# The job is labelled `task` (probe, pg_activity, …): `job` belongs to Prometheus, which would rename it exported_job.
 JOB_DURATION = MetricSpec(
     "dbwatch_job_duration_seconds",
     MetricType.GAUGE,
     "Wall time of the last run of a scheduled job.",
-    ("job", "target"),
+    ("task", "target"),
 )
 JOB_SUCCESS = MetricSpec(
     "dbwatch_job_success",
     MetricType.GAUGE,
     "1 if the last run of a scheduled job succeeded, else 0.",
-    ("job", "target"),
+    ("task", "target"),
 )
 JOB_RUNS = MetricSpec(
     "dbwatch_job_runs",
     MetricType.COUNTER,
     "Runs of a scheduled job by result (ok, error, timeout; standby: database-wide work another instance does).",
-    ("job", "target", "result"),
+    ("task", "target", "result"),
 )
 JOB_INFO = MetricSpec(
     "dbwatch_job_info",
     MetricType.GAUGE,
     "Always 1 per scheduled job; scope is pod (this instance's own work) or database (database-wide work, run by"
     " one instance per database).",
-    ("job", "target", "scope"),
+    ("task", "target", "scope"),
 )
 JOB_SKIPPED = MetricSpec(
     "dbwatch_job_skipped",
     MetricType.COUNTER,
     "Scheduled runs skipped because the previous run of the same job overran its interval.",
-    ("job", "target"),
+    ("task", "target"),
 )
 
 # --- self (dbwatch/server.py) ---------------------------------------------------------------
@@ -168,11 +169,23 @@ APP_POOL_INFO = MetricSpec(
     "Always 1 per instrumented engine; pool_class is the SQLAlchemy pool class.",
     ("app", "engine", "pool_class"),
 )
-APP_POOL_SETTING = MetricSpec(
-    "dbwatch_app_pool_setting",
+APP_POOL_SETTING_CONNECTIONS = MetricSpec(
+    "dbwatch_app_pool_setting_connections",
     MetricType.GAUGE,
-    "Configured pool setting: size, max_overflow, timeout_seconds, recycle_seconds (-1 never), pre_ping (0/1).",
+    "Configured pool size and max_overflow, in connections.",
     ("app", "engine", "setting"),
+)
+APP_POOL_SETTING_SECONDS = MetricSpec(
+    "dbwatch_app_pool_setting_seconds",
+    MetricType.GAUGE,
+    "Configured pool timeout (checkout wait) and recycle (-1: never), in seconds.",
+    ("app", "engine", "setting"),
+)
+APP_POOL_PRE_PING = MetricSpec(
+    "dbwatch_app_pool_pre_ping",
+    MetricType.GAUGE,
+    "1 if the pool pings a connection before handing it out (pool_pre_ping), else 0.",
+    ("app", "engine"),
 )
 APP_POOL_CHECKED_OUT = MetricSpec(
     "dbwatch_app_pool_checked_out",
@@ -410,8 +423,8 @@ PG_OLDEST_ACTIVE_QUERY = MetricSpec(
 PG_TOP_SESSION_AGE = MetricSpec(
     "dbwatch_pg_top_session_age_seconds",
     MetricType.GAUGE,
-    "The few oldest sessions per kind of age (transaction, idle_in_transaction, active_query, blocked_wait).",
-    ("target", "age", "rank", "datname", "usename", "application_name", "client_addr"),
+    "Who holds the few oldest sessions per kind of age (transaction, idle_in_transaction, active_query, blocked_wait).",
+    ("target", "age", "datname", "usename", "application_name"),
 )
 PG_CONNECTIONS_USED_RATIO = MetricSpec(
     "dbwatch_pg_connections_used_ratio",
@@ -419,10 +432,16 @@ PG_CONNECTIONS_USED_RATIO = MetricSpec(
     "Client backends / (max_connections - superuser_reserved_connections - reserved_connections).",
     ("target",),
 )
-PG_SETTING = MetricSpec(
-    "dbwatch_pg_setting",
+PG_SETTING_CONNECTIONS = MetricSpec(
+    "dbwatch_pg_setting_connections",
     MetricType.GAUGE,
-    "Server settings that bound sessions, in base units (timeouts in seconds; 0 means disabled).",
+    "Server settings that count connections: max_connections, superuser_reserved_connections, reserved_connections.",
+    ("target", "name"),
+)
+PG_SETTING_TIMEOUT = MetricSpec(
+    "dbwatch_pg_setting_timeout_seconds",
+    MetricType.GAUGE,
+    "Server session timeouts (idle_in_transaction_session_timeout, statement_timeout); 0 means disabled.",
     ("target", "name"),
 )
 PG_FOLDED_LABEL_VALUES = MetricSpec(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import shutil
 import subprocess
 import time
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -247,3 +249,20 @@ async def test_cached_exposition_equals_a_full_render_and_renders_only_what_chan
     assert expo.fragments_rendered - before == 1
     store.drop(("pg_activity", "b"))
     assert sample(expo.render().decode(), "dbwatch_pg_connections_used_ratio", {"target": "b"}) is None
+
+
+async def test_metrics_are_gzipped_when_the_scraper_asks(pg) -> None:
+    """`Accept-Encoding: gzip` gets a gzip body with the same samples; `gzip;q=0` or no header gets plain text."""
+    async with running({"targets": [t("main", pg.dsn)]}) as d:
+        await eventually(lambda: _up(d, "main", 1.0), timeout=10)
+        async with aiohttp.ClientSession(auto_decompress=False) as s:
+            async with s.get(d.base + "/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+                assert (r.headers.get("Content-Encoding"), r.headers.get("Vary")) == ("gzip", "Accept-Encoding")
+                packed = await r.read()
+            async with s.get(d.base + "/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"}) as r:
+                assert "Content-Encoding" not in r.headers
+                plain = await r.read()
+    unpacked = gzip.decompress(packed).decode()
+    assert sample(unpacked, "dbwatch_probe_up", {"target": "main"}) == 1
+    assert {s[0] for s in _samples(unpacked)} == {s[0] for s in _samples(plain.decode())}
+    assert len(packed) * 4 < len(plain)

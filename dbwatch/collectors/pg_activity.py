@@ -107,8 +107,7 @@ SELECT
                                              coalesce(x.xact_age, 0), coalesce(x.idle_xact_age, 0),
                                              coalesce(x.active_age, 0))), '[]')
      FROM dbs d LEFT JOIN ages x USING (datname)) AS per_db,
-  (SELECT coalesce(json_agg(json_build_array(age_kind, rank, datname, usename, application_name, client_addr,
-                                             age)), '[]')
+  (SELECT coalesce(json_agg(json_build_array(age_kind, datname, usename, application_name, age)), '[]')
      FROM top WHERE rank <= %(top_n)s) AS top,
   (SELECT count(*) FROM a WHERE backend_type = 'client backend') AS clients,
   (SELECT count(*) FROM a WHERE backend_type = '') AS hidden,
@@ -218,20 +217,22 @@ class PgActivity:
                 Sample(m.PG_OLDEST_IDLE_IN_TRANSACTION, (t, datname), max(0.0, idle_xact_age)),
                 Sample(m.PG_OLDEST_ACTIVE_QUERY, (t, datname), max(0.0, active_age)),
             ]
-        seen_top: set[tuple[str, ...]] = set()
-        for age_kind, rank, datname, usename, app, addr, age in top:
-            labels = (t, age_kind, str(rank), datname, users.get(usename, OTHER), apps.get(app, OTHER), addr)
-            if labels not in seen_top:
-                seen_top.add(labels)
-                out.append(Sample(m.PG_TOP_SESSION_AGE, labels, max(0.0, age)))
+        # Who holds the oldest sessions, by database, user and application (no rank, no client address: those
+        # labels would churn as sessions come and go); two of the top sessions from one client keep the older age.
+        oldest: dict[tuple[str, ...], float] = {}
+        for age_kind, datname, usename, app, age in top:
+            key = (t, age_kind, datname, users.get(usename, OTHER), apps.get(app, OTHER))
+            oldest[key] = max(oldest.get(key, 0.0), 0.0, age)
+        out.extend(Sample(m.PG_TOP_SESSION_AGE, key, age) for key, age in oldest.items())
         values: dict[str, float] = {}
         for name, text in settings:
             if text is None:  # not on this server version (reserved_connections before 16)
                 continue
-            value = float(text) if name.endswith("connections") else _seconds(text)
+            counts = name.endswith("connections")
+            value = float(text) if counts else _seconds(text)
             if value is not None:
                 values[name] = value
-                out.append(Sample(m.PG_SETTING, (t, name), value))
+                out.append(Sample(m.PG_SETTING_CONNECTIONS if counts else m.PG_SETTING_TIMEOUT, (t, name), value))
         available = values.get("max_connections", 0.0) - values.get("superuser_reserved_connections", 0.0)
         available -= values.get("reserved_connections", 0.0)
         if available > 0:

@@ -234,7 +234,6 @@ class AccessLog:
         self._nginx = compile_nginx(config.nginx_format or INGRESS_NGINX_DEFAULT)
         self._templates = [(t, _template_regex(t)) for t in config.routes]
         self._routes = labels.Capper(config.max_routes)
-        self._pairs: set[tuple[str, str]] = set()
         for result in ("observed", "unmatched", "bad_value"):
             store.inc(m.HTTP_ACCESS_RECORDS, (source, result), 0)
 
@@ -249,10 +248,6 @@ class AccessLog:
             self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "unmatched"))
             return False
         route, method = self.route(req), labels.method(req.method)
-        if (route, method) not in self._pairs:
-            # The 5xx series exists from the first request on, so rate() sees the first server error too.
-            self._pairs.add((route, method))
-            self._store.touch_histogram(m.HTTP_REQUEST_DURATION, (self._source, route, method, "5xx"))
         series = (self._source, route, method, labels.status_class(req.status))
         self._store.observe(m.HTTP_REQUEST_DURATION, series, req.seconds)
         self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "observed"))

@@ -81,7 +81,8 @@ async def test_metrics_pass_promtool_with_postgres_and_pgbouncer_targets(pg) -> 
     for family in (
         "dbwatch_pg_sessions",
         "dbwatch_pg_database_xact_commit_total",
-        "dbwatch_pg_setting",
+        "dbwatch_pg_setting_connections",
+        "dbwatch_pg_setting_timeout_seconds",
         "dbwatch_pgbouncer_pool_client_connections",
         "dbwatch_pgbouncer_queries_total",
     ):

@@ -101,15 +101,10 @@ async def test_blocked_session_is_reported_with_its_age(pg) -> None:
                 await h.collect("pg_activity")
                 second = h.gauge(m.PG_OLDEST_BLOCKED_WAIT, "appdb") or 0.0
                 assert second > first > 0
-                assert (
-                    h.gauge(m.PG_TOP_SESSION_AGE, "blocked_wait", "1", "appdb", "app", "t-waiter", "127.0.0.1")
-                    == second
-                )
+                assert h.gauge(m.PG_TOP_SESSION_AGE, "blocked_wait", "appdb", "app", "t-waiter") == second
                 # The holder sits idle in transaction: that ages too, and names its app.
                 assert (h.gauge(m.PG_OLDEST_IDLE_IN_TRANSACTION, "appdb") or 0) >= second
-                assert h.gauge(
-                    m.PG_TOP_SESSION_AGE, "idle_in_transaction", "1", "appdb", "app", "t-holder", "127.0.0.1"
-                )
+                assert h.gauge(m.PG_TOP_SESSION_AGE, "idle_in_transaction", "appdb", "app", "t-holder")
             finally:
                 await holder.execute("ROLLBACK")
                 await blocked
@@ -132,7 +127,7 @@ async def test_idle_in_transaction_age_grows(pg) -> None:
         second = h.gauge(m.PG_OLDEST_IDLE_IN_TRANSACTION, "appdb") or 0.0
         assert second >= first + 0.25
         assert (h.gauge(m.PG_OLDEST_TRANSACTION, "appdb") or 0) >= second
-        top = h.gauge(m.PG_TOP_SESSION_AGE, "idle_in_transaction", "1", "appdb", "app", "t-sync-sdk", "127.0.0.1")
+        top = h.gauge(m.PG_TOP_SESSION_AGE, "idle_in_transaction", "appdb", "app", "t-sync-sdk")
         assert top == second
         # Databases without such sessions read 0, not absent.
         assert h.gauge(m.PG_OLDEST_IDLE_IN_TRANSACTION, "postgres") == 0
@@ -149,20 +144,20 @@ async def test_saturation_ratio_and_settings(pg) -> None:
             clients = await admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             )
-            assert h.gauge(m.PG_SETTING, "max_connections") == 100
-            assert h.gauge(m.PG_SETTING, "superuser_reserved_connections") == 3
-            assert h.gauge(m.PG_SETTING, "idle_in_transaction_session_timeout") == 90.0
-            assert h.gauge(m.PG_SETTING, "statement_timeout") == 0  # the server's, not the monitoring session's
+            assert h.gauge(m.PG_SETTING_CONNECTIONS, "max_connections") == 100
+            assert h.gauge(m.PG_SETTING_CONNECTIONS, "superuser_reserved_connections") == 3
+            assert h.gauge(m.PG_SETTING_TIMEOUT, "idle_in_transaction_session_timeout") == 90.0
+            assert h.gauge(m.PG_SETTING_TIMEOUT, "statement_timeout") == 0  # the server's, not the monitoring session's
             assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) == clients / 97
             # A reload reaches the open monitoring session: the server's new value, dbwatch's own still in force.
             await admin.execute("ALTER SYSTEM SET statement_timeout = '45s'")
             await admin.execute("SELECT pg_reload_conf()")
             for _ in range(50):  # a backend applies a reload at its next statement
                 await h.collect("pg_activity")
-                if h.gauge(m.PG_SETTING, "statement_timeout") == 45.0:
+                if h.gauge(m.PG_SETTING_TIMEOUT, "statement_timeout") == 45.0:
                     break
                 await asyncio.sleep(0.1)
-            assert h.gauge(m.PG_SETTING, "statement_timeout") == 45.0
+            assert h.gauge(m.PG_SETTING_TIMEOUT, "statement_timeout") == 45.0
             async with h.monitors.get(h.target).use() as conn:
                 assert await conn.fetchval("SHOW statement_timeout") != "45s"
     finally:

@@ -70,8 +70,8 @@ async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url) -> None:
     await eventually(lambda: sink.gauge(m.APP_POOL_WAITING, *labels) == 0)
     assert sink.gauge(m.APP_POOL_CHECKED_OUT, *labels) == 0
     assert sink.gauge(m.APP_POOL_IDLE, *labels) == 2
-    assert sink.gauge(m.APP_POOL_SETTING, *labels, "size") == 2
-    assert sink.gauge(m.APP_POOL_SETTING, *labels, "timeout_seconds") == 1.0
+    assert sink.gauge(m.APP_POOL_SETTING_CONNECTIONS, *labels, "size") == 2
+    assert sink.gauge(m.APP_POOL_SETTING_SECONDS, *labels, "timeout") == 1.0
     assert sink.gauge(m.APP_POOL_INFO, *labels, "AsyncAdaptedQueuePool") == 1
     assert sink.gauge(m.APP_POOL_FINDING, *labels, "static_pool_async") == 0
     await engine.dispose()
@@ -302,7 +302,7 @@ async def test_overflow_in_use_reported(sink: Sink, sa_url) -> None:
     await eventually(
         lambda: (sink.gauge(m.APP_POOL_OVERFLOW, *labels), sink.gauge(m.APP_POOL_CHECKED_OUT, *labels)) == (0, 0)
     )
-    assert sink.gauge(m.APP_POOL_SETTING, *labels, "max_overflow") == 1
+    assert sink.gauge(m.APP_POOL_SETTING_CONNECTIONS, *labels, "max_overflow") == 1
     await engine.dispose()
 
 

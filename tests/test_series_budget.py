@@ -46,6 +46,7 @@ async def test_quick_start_config_stays_within_300_series(pg: PG, tmp_path: Path
     """config/dbwatch.example.yaml as shipped (its database and `app` log source with a logged traceback)."""
     raw = yaml.safe_load((REPO / "config" / "dbwatch.example.yaml").read_text())
     monkeypatch.setenv("DATABASE_URL", pg.dsn)
+    monkeypatch.setenv("DBWATCH_MONITOR_URL", pg.dsn)
     monkeypatch.setenv("DBWATCH_STATE_DIR", str(tmp_path))
     log = tmp_path / "app.log"
     log.write_text(_traceback_record())

@@ -97,9 +97,9 @@ async def test_central_always_and_sidecars_never(pg_factory) -> None:
                 body = await side.metrics()
                 assert _database_wide_lines(body) == []
                 assert "dbwatch_monitor_connection_up" not in body
-                assert 'dbwatch_job_info{job="probe",scope="pod",target="db"} 1.0' in body
+                assert 'dbwatch_job_info{scope="pod",target="db",task="probe"} 1.0' in body
             body = await central.metrics()
-            assert 'dbwatch_job_info{job="pg_activity",scope="database",target="db"} 1.0' in body
+            assert 'dbwatch_job_info{scope="database",target="db",task="pg_activity"} 1.0' in body
             assert _database_wide_lines(body)
             assert await eventually(lambda: _persistent_sessions(admin), timeout=5) == 1
     finally:

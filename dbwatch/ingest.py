@@ -228,7 +228,9 @@ class Ingest:
             dsum = max(0.0, total - prev[-1]) if sum(delta) else 0.0
             # Totals as doubles in one array (exact below 2**53, which _count enforces): half the size of a list.
             w.last[key] = array("d", [*(max(c, p) for c, p in zip(counts, prev, strict=False)), max(total, prev[-1])])
-            self._store.add_histogram(m.APP_REQUEST_DURATION, (app_name, label, method, sc), delta, dsum)
+            # The app is the `source` of the one request family the access log feeds too (dbwatch/labels.py).
+            self._store.add_histogram(m.HTTP_REQUEST_DURATION, (app_name, label, method), delta, dsum)
+            self._store.inc(m.HTTP_REQUESTS, (app_name, label, method, sc), sum(delta))
         for route, exc_name, cat, n in exceptions:
             label = self._bounded(app.routes, route, self.config.max_routes)
             name = self._bounded(app.names, exc_name, self.config.max_label_values)

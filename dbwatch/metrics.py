@@ -133,15 +133,23 @@ LOG_SOURCE_INFO = MetricSpec(
     ("source", "target"),
 )
 
-# --- access-log latency (dbwatch/logs/access.py) ---------------------------------------------
-# Login SLO thresholds are bucket boundaries (dbwatch rules refuses any other): 100, 200, 250, 300, 500 ms, 1 s, 2 s…
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0)
+# --- request latency (dbwatch/logs/access.py and the hook's middleware via dbwatch/ingest.py) ------------
+# One family whichever source feeds it: `source` is the log source or the hooked app. Latency SLO thresholds are
+# bucket boundaries (dbwatch rules refuses any other): 50, 100, 250, 500 ms, 1, 2.5 s. Few buckets and no status
+# class on the histogram keep a route and method at 9 series; the status class is on the request counter.
+HTTP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 HTTP_REQUEST_DURATION = MetricSpec(
     "dbwatch_http_request_duration_seconds",
     MetricType.HISTOGRAM,
-    "Request duration from the app's access log, by route template, method and status class.",
-    ("source", "route", "method", "status_class"),
+    "Request duration by route template and method, from an access log or the in-app ASGI middleware (source).",
+    ("source", "route", "method"),
     HTTP_BUCKETS,
+)
+HTTP_REQUESTS = MetricSpec(
+    "dbwatch_http_requests",
+    MetricType.COUNTER,
+    "Requests by route template, method and status class, from an access log or the in-app ASGI middleware.",
+    ("source", "route", "method", "status_class"),
 )
 HTTP_ACCESS_RECORDS = MetricSpec(
     "dbwatch_http_access_records",
@@ -160,8 +168,6 @@ POOL_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 POOL_HELD_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Connection age at checkin: seconds to hours (recycle and server idle timeouts live here).
 POOL_AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0)
-# Request latency seen by the ASGI middleware.
-REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 APP_POOL_INFO = MetricSpec(
     "dbwatch_app_pool_info",
@@ -280,13 +286,6 @@ APP_POOL_FINDING = MetricSpec(
     MetricType.GAUGE,
     "1 while a misconfiguration finding holds for the engine, else 0.",
     ("app", "engine", "finding"),
-)
-APP_REQUEST_DURATION = MetricSpec(
-    "dbwatch_app_request_duration_seconds",
-    MetricType.HISTOGRAM,
-    "Request latency seen by the ASGI middleware, by route template (bounded), method and status class.",
-    ("app", "route", "method", "status_class"),
-    REQUEST_BUCKETS,
 )
 APP_EXCEPTIONS = MetricSpec(
     "dbwatch_app_exceptions",

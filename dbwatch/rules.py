@@ -89,7 +89,7 @@ class _SLI:
 
     def total(self, w: str, fn: str = "rate") -> str:
         if self.slo.source == "access":
-            return self._sum(fn, self._hist + "_count", (), w)
+            return self._sum(fn, m.HTTP_REQUESTS.name + "_total", (), w)
         ok = self._sum(fn, self._hist + "_count", [("phase", self._phase)], w)
         failed = self._sum(fn, m.PROBE_FAILURES.name + "_total", (), w)
         return f"(({ok} or on() vector(0)) + ({failed} or on() vector(0)))"
@@ -104,7 +104,7 @@ class _SLI:
                 good = self._sum("rate", self._hist + "_bucket", [("phase", "total"), ("le", _le(slo.threshold))], w)
             return f"({self.total(w)} - ({good} or on() vector(0)))"
         if slo.source == "access":
-            return self._sum("rate", self._hist + "_count", [("status_class", "5xx")], w)
+            return self._sum("rate", m.HTTP_REQUESTS.name + "_total", [("status_class", "5xx")], w)
         return self._sum("rate", m.PROBE_FAILURES.name + "_total", (), w)
 
 

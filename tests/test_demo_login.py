@@ -43,7 +43,7 @@ def test_demo_login_probe_and_access_log_latency() -> None:
     assert sample(body, "dbwatch_probe_up", {"target": "demo-login"}) == 1
     count = sample(
         body,
-        "dbwatch_http_request_duration_seconds_count",
+        "dbwatch_http_requests_total",
         {"source": "demo-access", "route": "/api/login", "method": "POST", "status_class": "2xx"},
     )
     assert count is not None

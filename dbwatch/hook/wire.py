@@ -12,11 +12,11 @@ from typing import Final
 
 from dbwatch import labels
 from dbwatch.metrics import (
+    HTTP_BUCKETS,
     POOL_AGE_BUCKETS,
     POOL_CONNECT_BUCKETS,
     POOL_HELD_BUCKETS,
     POOL_WAIT_BUCKETS,
-    REQUEST_BUCKETS,
 )
 
 __all__ = [
@@ -69,7 +69,7 @@ HISTS: Final = {
     "held": POOL_HELD_BUCKETS,
     "age": POOL_AGE_BUCKETS,
 }
-LAYOUTS: Final = {**HISTS, "request": REQUEST_BUCKETS}
+LAYOUTS: Final = {**HISTS, "request": HTTP_BUCKETS}
 
 
 class AddressError(ValueError):

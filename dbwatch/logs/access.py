@@ -248,8 +248,8 @@ class AccessLog:
             self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "unmatched"))
             return False
         route, method = self.route(req), labels.method(req.method)
-        series = (self._source, route, method, labels.status_class(req.status))
-        self._store.observe(m.HTTP_REQUEST_DURATION, series, req.seconds)
+        self._store.observe(m.HTTP_REQUEST_DURATION, (self._source, route, method), req.seconds)
+        self._store.inc(m.HTTP_REQUESTS, (self._source, route, method, labels.status_class(req.status)))
         self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "observed"))
         return True
 

@@ -9,27 +9,27 @@ from dbwatch import metrics as m
 from dbwatch.config import ConfigError, from_mapping
 from dbwatch.store import Sample, Store, series_cost
 
-ONES = [1] * (len(m.APP_REQUEST_DURATION.buckets) + 1)
+ONES = [1] * (len(m.HTTP_REQUEST_DURATION.buckets) + 1)
 
 
 def test_new_series_past_the_budget_are_refused_counted_and_logged_once() -> None:
     """Counters, histograms and gauges share one budget; existing series keep counting; one warning in all."""
-    store = Store(max_series=10 + series_cost(m.APP_REQUEST_DURATION))
+    store = Store(max_series=10 + series_cost(m.HTTP_REQUEST_DURATION))
     with structlog.testing.capture_logs() as events:
         for i in range(10):
             store.inc(m.HOOK_DATAGRAMS, (f"r{i}",))
-        store.add_histogram(m.APP_REQUEST_DURATION, ("a", "/", "GET", "2xx"), ONES, 0.1)
-        assert store.series == 10 + series_cost(m.APP_REQUEST_DURATION)
+        store.add_histogram(m.HTTP_REQUEST_DURATION, ("a", "/", "GET"), ONES, 0.1)
+        assert store.series == 10 + series_cost(m.HTTP_REQUEST_DURATION)
         store.inc(m.HOOK_DATAGRAMS, ("new",))
-        store.add_histogram(m.APP_REQUEST_DURATION, ("a", "/x", "GET", "2xx"), ONES, 0.1)
+        store.add_histogram(m.HTTP_REQUEST_DURATION, ("a", "/x", "GET"), ONES, 0.1)
         store.set(("s", ""), m.APP_HOOK_WORKERS, ("a",), 1.0)
         store.inc(m.HOOK_DATAGRAMS, ("r0",), 5)  # an existing series still counts
     assert store.counter_value(m.HOOK_DATAGRAMS, ("new",)) == 0
     assert store.counter_value(m.HOOK_DATAGRAMS, ("r0",)) == 6
-    assert store.histogram_value(m.APP_REQUEST_DURATION, ("a", "/x", "GET", "2xx")) == (0, 0.0)
+    assert store.histogram_value(m.HTTP_REQUEST_DURATION, ("a", "/x", "GET")) == (0, 0.0)
     assert store.gauge_value(m.APP_HOOK_WORKERS, ("a",)) is None
     assert store.counter_value(m.SERIES_DROPPED, (m.HOOK_DATAGRAMS.name,)) == 1
-    assert store.counter_value(m.SERIES_DROPPED, (m.APP_REQUEST_DURATION.name,)) == 1
+    assert store.counter_value(m.SERIES_DROPPED, (m.HTTP_REQUEST_DURATION.name,)) == 1
     assert store.counter_value(m.SERIES_DROPPED, (m.APP_HOOK_WORKERS.name,)) == 1
     assert [e["event"] for e in events if e["log_level"] == "warning"] == ["series_budget_reached"]
 

@@ -88,7 +88,7 @@ async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, 
     await engine.dispose()
 
     def hist(route: str, method: str, sc: str) -> int:
-        return sink.hist(m.APP_REQUEST_DURATION, "web", route, method, sc)[0]
+        return int(sink.counter(m.HTTP_REQUESTS, "web", route, method, sc))
 
     await eventually(lambda: hist("/users/{id}", "GET", "2xx") == 3)
     assert hist("/orders/{id}", "GET", "4xx") == 1  # path_format: the convertor dropped

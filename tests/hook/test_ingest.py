@@ -114,8 +114,14 @@ def _bad_docs() -> list[tuple[str, object]]:
         ("bad_schema", lambda d: d["engines"][0].update(pool_class="Queue Pool; drop")),
         ("bad_schema", lambda d: d["engines"][0].update(errors={"bad name": 1})),
         ("bad_schema", lambda d: d.update(requests=[["/x", "GET", "2xx", [1], 0.1]])),
-        ("bad_schema", lambda d: d.update(requests=[["/x\n", "GET", "2xx", [0] * 13, 0.1]])),
-        ("bad_schema", lambda d: d.update(requests=[["/x", "BREW", "2xx", [0] * 13, 0.1]])),
+        (
+            "bad_schema",
+            lambda d: d.update(requests=[["/x\n", "GET", "2xx", [0] * (len(wire.LAYOUTS["request"]) + 1), 0.1]]),
+        ),
+        (
+            "bad_schema",
+            lambda d: d.update(requests=[["/x", "BREW", "2xx", [0] * (len(wire.LAYOUTS["request"]) + 1), 0.1]]),
+        ),
         ("bad_schema", lambda d: d.update(exceptions=[["/x", "KeyError", "made_up", 1]])),
         ("bad_schema", lambda d: d.update(engines=[_engine(name=f"e{i}") for i in range(21)])),
         ("bad_schema", lambda d: d.update(engines=[_engine(), _engine(checkouts=3)])),  # one engine name twice
@@ -178,7 +184,7 @@ def test_request_and_exception_counts_sum_over_workers() -> None:
     assert _send(ingest, {**web, "worker": "h:1:a", "seq": 2, **rows(5, 1, 2)}) == "accepted"
     assert _send(ingest, {**web, "worker": "h:1:a", "seq": 1, **rows(3, 0, 1)}) == "accepted"  # late repeat
     assert _send(ingest, {**web, "worker": "h:2:b", "seq": 1, **rows(4, 0, 3)}) == "accepted"
-    count, total = store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/users/{id}", "GET", "2xx"))
+    count, total = store.histogram_value(m.HTTP_REQUEST_DURATION, ("shop", "/users/{id}", "GET"))
     assert count == 5 + 1 + 4
     assert total == pytest.approx(0.009 + 20.0)
     assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/users/{id}", "MissingGreenlet", "missing_greenlet")) == 5
@@ -204,8 +210,8 @@ def test_apps_workers_and_label_values_are_bounded() -> None:
     rows = [[f"/r{i}", "GET", "2xx", [1, *zero[1:]], 0.001] for i in range(4)]
     exc = [["/r0", "KeyError", "other", 1], ["/r0", "ValueError", "other", 2]]
     assert _send(ingest, _doc(seq=2, requests=rows, exceptions=exc)) == "accepted"
-    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/r1", "GET", "2xx"))[0] == 1
-    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "__other__", "GET", "2xx"))[0] == 2
+    assert store.counter_value(m.HTTP_REQUESTS, ("shop", "/r1", "GET", "2xx")) == 1
+    assert store.counter_value(m.HTTP_REQUESTS, ("shop", "__other__", "GET", "2xx")) == 2
     assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/r0", "KeyError", "other")) == 1
     assert store.counter_value(m.APP_EXCEPTIONS, ("shop", "/r0", "__other__", "other")) == 2
 
@@ -289,7 +295,7 @@ def test_worker_state_is_bounded_per_worker_and_in_total() -> None:
     assert ingest.tracked_series == 92  # 90 request rows and the 2 drop reasons
     assert _send(ingest, {**web, "worker": "w:1", "seq": 2, "requests": rows(90, 9)}) == "over_limit"
     assert _send(ingest, {**web, "worker": "w:1", "seq": 3, "requests": rows(0, 90, hits=3)}) == "accepted"
-    assert store.histogram_value(m.APP_REQUEST_DURATION, ("shop", "/r5", "GET", "2xx"))[0] == 3
+    assert store.counter_value(m.HTTP_REQUESTS, ("shop", "/r5", "GET", "2xx")) == 3
     assert _send(ingest, {**web, "worker": "w:2", "requests": rows(500, 57)}) == "over_limit"  # 92 + 59 > 150
     assert _send(ingest, {**web, "worker": "w:2", "requests": rows(500, 56)}) == "accepted"
     assert ingest.tracked_series == 150

@@ -116,8 +116,8 @@ async def test_hook_access_log_and_log_counter_label_the_same_request_and_error(
     sink: Sink, sa_url: Any, app_logs: tuple[Path, Path]
 ) -> None:
     """Route, method and status class of every request, and class and category of a real MissingGreenlet, are equal
-    in dbwatch_app_request_duration_seconds / dbwatch_http_request_duration_seconds and dbwatch_app_exceptions_total
-    / dbwatch_log_exceptions_total."""
+    in dbwatch_http_requests_total (from the hook and from the access log) and in dbwatch_app_exceptions_total /
+    dbwatch_log_exceptions_total."""
     app_log, access_log = app_logs
     engine = create_async_engine(sa_url)
 
@@ -168,13 +168,14 @@ async def test_hook_access_log_and_log_counter_label_the_same_request_and_error(
         (labels.UNMATCHED, "GET", "4xx"),
         ("/api/items/{id}", "PUT", "4xx"),
     }
-    await eventually(lambda: _series(sink.store, m.APP_REQUEST_DURATION) == want)
+    await eventually(lambda: _series(sink.store, m.HTTP_REQUESTS) == want)
 
     access_store = Store()
     parser = AccessLog("access", AccessConfig(), access_store)
     for line in access_log.read_text().splitlines():
         assert parser.feed(line, json.loads(line))
-    assert _series(access_store, m.HTTP_REQUEST_DURATION) == want
+    assert _series(access_store, m.HTTP_REQUESTS) == want
+    assert _series(access_store, m.HTTP_REQUEST_DURATION) == _series(sink.store, m.HTTP_REQUEST_DURATION)
 
     log_store = Store()
     counter = ExceptionCounter("app", AppRules(), log_store, max_locations=50, max_exceptions=50)
@@ -208,7 +209,7 @@ async def test_instrument_app_name_and_a_bare_middleware_are_one_app(
         assert instrument(engine, name="main", app=name, sidecar=sink.addr, interval=0.05)
     async with _serve(app) as base, aiohttp.ClientSession() as http, http.get(base + "/ok") as r:
         assert r.status == 200
-    await eventually(lambda: sink.hist(m.APP_REQUEST_DURATION, name, "/ok", "GET", "2xx")[0] == 1)
+    await eventually(lambda: sink.hist(m.HTTP_REQUEST_DURATION, name, "/ok", "GET")[0] == 1)
     await eventually(lambda: sink.counter(m.APP_POOL_CHECKOUTS, name, "main") >= 1)
     await engine.dispose()
     apps = {s.labels["app"] for fam in sink.store.families() for s in fam.samples if "app" in s.labels}

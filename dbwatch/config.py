@@ -232,6 +232,7 @@ class LogSource:
     app_packages: tuple[str, ...] = ()
     access: AccessConfig | None = None
     target: str | None = None  # the database target the app behind this log uses (alerts name it)
+    follow_symlinks: bool = False  # read a matched symlink's target (off: a link planted in the folder is skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +313,7 @@ def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
                 "app_packages": list(s.app_packages or c.app_packages),
                 "access": s.access is not None,
                 **({"target": s.target} if s.target else {}),
+                "follow_symlinks": s.follow_symlinks,
             }
             for s in c.sources
         ],
@@ -1103,7 +1105,7 @@ def _roots(value: Any, path: str) -> tuple[str, ...]:
     return tuple(os.path.abspath(r) for r in _strings(value, path))
 
 
-_SOURCE_KEYS: Final = ("name", "path", "format", "app_roots", "app_packages", "access", "target")
+_SOURCE_KEYS: Final = ("name", "path", "format", "app_roots", "app_packages", "access", "target", "follow_symlinks")
 
 
 def _source(raw: Any, path: str) -> LogSource:
@@ -1124,6 +1126,7 @@ def _source(raw: Any, path: str) -> LogSource:
         app_packages=node.take("app_packages", _strings, ()),
         access=access_config(node.raw.pop("access"), f"{path}.access") if node.has("access") else None,
         target=node.take("target", _str, "") or None,
+        follow_symlinks=node.take("follow_symlinks", _bool, False),
     )
     node.done()
     return source

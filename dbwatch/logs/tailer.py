@@ -20,6 +20,7 @@ import errno
 import glob
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,17 +297,34 @@ class SourceTailer:
                 if not glob.has_magic(d) and os.path.isdir(d):
                     self._inotify.watch(d)
         for p in paths:
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            if not os.path.isfile(p):
+            st = self._stat(p)
+            if st is None:
                 continue
             found.setdefault((st.st_dev, st.st_ino), (p, st))
             if len(found) >= self._cfg.max_files:
                 self._warn_once("log_files_capped", path=self.source.path, max_files=self._cfg.max_files)
                 break
         return found
+
+    def _stat(self, path: str) -> os.stat_result | None:
+        """A regular file's stat; a symlink counts only where the source follows them (`follow_symlinks`)."""
+        try:
+            st = os.stat(path) if self.source.follow_symlinks else os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            self._warn_once("log_symlink_skipped", path=path)  # e.g. app.log -> /etc/shadow in a shared folder
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def _open_fd(self, path: str) -> int:
+        """Open for reading: never through a symlink unless followed, never blocking (a FIFO swapped in)."""
+        nofollow = 0 if self.source.follow_symlinks else os.O_NOFOLLOW
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | nofollow)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fd
 
     def _warn_once(self, event: str, **kw: Any) -> None:
         key = event + str(kw.get("path", ""))
@@ -330,7 +348,7 @@ class SourceTailer:
 
     def _open(self, path: str, ident: tuple[int, int], st: os.stat_result) -> _File | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_fd(path)
         except OSError as exc:
             self._store.inc(m.LOG_FILE_ERRORS, (self.source.name,))
             self._warn_once("log_file_unreadable", path=path, error=exc.strerror or type(exc).__name__)
@@ -420,7 +438,7 @@ class SourceTailer:
         if copy is not None:
             path, size = copy
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._open_fd(path)
             except OSError:
                 fd = -1
             if fd >= 0:
@@ -449,7 +467,8 @@ class SourceTailer:
         self._dirty = True
 
     def _find_copy(self, f: _File) -> tuple[str, int] | None:
-        """The rotated copy of a truncated file: same first line, another inode, at least as long as what we read."""
+        """The rotated copy of a truncated file: same first line, another inode, at least as long as what we read;
+        of several (a first line every period shares, like a start-up banner) the newest, by modification time."""
         if f.fp is None:
             return None
         directory = os.path.dirname(f.path) or "."
@@ -458,21 +477,27 @@ class SourceTailer:
             names = os.listdir(directory)
         except OSError:
             return None
+        best: tuple[int, str, int] | None = None  # (mtime, path, size)
         for name in sorted(names):
             if name == base or not name.startswith(base.split(".")[0]):
                 continue
             path = os.path.join(directory, name)
+            st = self._stat(path)
+            if st is None or (st.st_dev, st.st_ino) == f.ident or st.st_size < f.offset:
+                continue
             try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) == f.ident or st.st_size < f.offset or not os.path.isfile(path):
-                    continue
-                with open(path, "rb") as h:
-                    head = h.read(FP_BYTES)
+                fd = self._open_fd(path)
             except OSError:
                 continue
-            if head.startswith(f.fp):
-                return path, st.st_size
-        return None
+            try:
+                head = os.pread(fd, FP_BYTES, 0)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            if head.startswith(f.fp) and (best is None or st.st_mtime_ns > best[0]):
+                best = (st.st_mtime_ns, path, st.st_size)
+        return (best[1], best[2]) if best else None
 
     async def _retire(self, f: _File) -> None:
         """A file gone from the source (rename+create, deletion): read the rest through our descriptor, close it."""

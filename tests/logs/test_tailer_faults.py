@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
@@ -143,3 +145,50 @@ async def test_a_corrupt_positions_file_never_causes_a_recount(tmp_path: Path, d
     assert _counted(store) == 1
     tailer.save(force=True)
     assert Positions(str(state), "app").load()[0]["offset"] == path.stat().st_size
+
+
+async def test_a_symlink_in_a_watched_folder_is_followed_only_where_the_source_opts_in(tmp_path: Path) -> None:
+    """`logs/*.log` with `evil.log -> outside/secret.log`: skipped (and warned once) by default, read with
+    `follow_symlinks: true`; the real file is read either way."""
+    d = tmp_path / "logs"
+    d.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.log").write_text(TB * 3)
+    (d / "evil.log").symlink_to(outside / "secret.log")
+    (d / "app.log").write_text(TB)
+    for follow, want in ((False, 1), (True, 4)):
+        tailer, store = _tailer(d / "*.log", follow_symlinks=follow)
+        with capture_logs() as logs:
+            await tailer.cycle()
+            await asyncio.sleep(0.02)
+            await tailer.cycle()
+        assert _counted(store) == want
+        skipped = [e for e in logs if e["event"] == "log_symlink_skipped"]
+        assert len(skipped) == (0 if follow else 1)
+        assert store.counter_value(m.LOG_FILE_ERRORS, ("app",)) == 0
+
+
+async def test_copytruncate_with_copies_sharing_a_first_line_reads_the_newest(tmp_path: Path) -> None:
+    """Every period starts with the same banner, so three rotated copies share a first line; at each truncate the
+    lines appended after the last read come from the newest copy (dateext names: the oldest sorts first)."""
+    banner = "2026-01-02 03:04:05,000 INFO [app] service starting\n"
+    path = tmp_path / "app.log"
+    tailer, store = _tailer(path)
+    written = 0
+    for k in range(1, 4):
+        read_now, later = TB * (10 - k), TB * (2 * k)
+        path.write_text(banner + read_now)
+        written += 10 - k
+        await tailer.cycle()
+        with path.open("a") as f:
+            f.write(later)  # appended after the last read: only the copy has it once truncated
+        written += 2 * k
+        copy = tmp_path / f"app.log-2026010{k}"
+        shutil.copyfile(path, copy)
+        os.utime(copy, ns=(k * 10**18, k * 10**18))
+        os.truncate(path, 0)
+        await tailer.cycle()
+    await asyncio.sleep(0.02)
+    await tailer.cycle()
+    assert _counted(store) == written

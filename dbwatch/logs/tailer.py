@@ -45,6 +45,9 @@ FP_BYTES: Final = 256  # a file's identity beside its inode: its first line, up 
 MIN_READ: Final = 64 * 1024
 MAX_READ: Final = 1 << 20
 SLICE_SECONDS: Final = 0.004  # aim for parse slices this long between yields to the loop
+# A read goes to the parser in pieces of at most this much: the longest a piece of the densest traceback text can
+# take to parse is what bounds the loop's hold (bench/log_hold.py), not the read size.
+FEED_BYTES: Final = 16 * 1024
 SETTLE_SECONDS: Final = 0.005  # a file quiet this long after a read ends its pending record
 SAVE_SECONDS: Final = 1.0
 
@@ -411,10 +414,7 @@ class SourceTailer:
             if not data:
                 break
             got = True
-            started = time.perf_counter()
-            f.offset += len(data)
-            f.splitter.feed(data)
-            self._adapt(time.perf_counter() - started, len(data))
+            self._adapt(await self._feed(f, data), len(data))
             self._publish(f)
             await asyncio.sleep(0)  # let probes and scrapes run between slices
         now = time.monotonic()
@@ -425,6 +425,24 @@ class SourceTailer:
             f.pending_since = None
         self._publish(f)
         self._dirty = self._dirty or got
+
+    async def _feed(self, f: _File, data: bytes) -> float:
+        """Parse one read in FEED_BYTES pieces, yielding to the loop whenever a slice's time is used up; returns
+        the time spent parsing."""
+        busy = 0.0
+        since = time.perf_counter()
+        for k in range(0, len(data), FEED_BYTES):
+            piece = data[k : k + FEED_BYTES]
+            t0 = time.perf_counter()
+            f.offset += len(piece)
+            f.splitter.feed(piece)
+            t1 = time.perf_counter()
+            busy += t1 - t0
+            if t1 - since >= SLICE_SECONDS:
+                self._publish(f)
+                await asyncio.sleep(0)
+                since = time.perf_counter()
+        return busy
 
     def _adapt(self, elapsed: float, size: int) -> None:
         if elapsed > SLICE_SECONDS and self._read_size > MIN_READ:
@@ -447,8 +465,7 @@ class SourceTailer:
                         data = os.pread(fd, min(self._read_size, size - f.offset), f.offset)
                         if not data:
                             break
-                        f.offset += len(data)
-                        f.splitter.feed(data)
+                        await self._feed(f, data)
                         self._publish(f)
                         await asyncio.sleep(0)
                 finally:

@@ -223,14 +223,14 @@ class Reader:
 
 
 MAX_GROUP_DEPTH: Final = 100  # Python prints 10 levels (traceback's max_group_depth); deeper is not a real traceback
-MAX_EXCS: Final = 1000  # exceptions kept per record (chained and grouped); later sub-exceptions count in `more`
+MAX_EXCS: Final = 256  # exceptions kept per record (chained and grouped); later sub-exceptions count in `more`
 MAX_FRAMES: Final = 1000  # frames kept per exception: the outermost 100 and the innermost 900
 _HEAD_FRAMES: Final = 100
 MAX_MESSAGE_CHARS: Final = 64 * 1024  # of an exception's message (the categories look at its start)
 # What one record may hand on to classification, whatever max_record_bytes allows: the work to classify and count
 # an event is bounded by these, not by the size of its text.
 MAX_RECORD_FRAMES: Final = 10_000
-MAX_RECORD_MESSAGE_CHARS: Final = 256 * 1024
+MAX_RECORD_MESSAGE_CHARS: Final = 64 * 1024
 
 
 class _Budget:

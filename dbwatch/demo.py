@@ -77,6 +77,9 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
         with cluster:
             cluster.psql(f"CREATE ROLE app LOGIN PASSWORD '{password}'")
             cluster.psql("CREATE DATABASE app OWNER app")
+            # As the README recommends for a monitoring role: without pg_monitor the sessions of other roles
+            # (and PostgreSQL's own processes) are hidden, and dbwatch would warn about its own demo.
+            cluster.psql("GRANT pg_monitor TO app")
             cfg_path = Path(cluster.base) / "dbwatch.yaml"
             log_dir = Path(cluster.base) / "applogs"
             log_dir.mkdir()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import resource
 import shutil
 import socket
@@ -31,11 +30,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dbwatch import metrics as m  # the repo root is on sys.path first (ruff's E402 allows sys.path edits)
-from dbwatch.hook import wire
 from dbwatch.pgcluster import free_port
 from tests.faults.harness import rss_bytes
+from tests.faults.test_hook_flood import ROWS, flood_datagram  # one generator for the test and the bench
 
-ROWS = 700
 MIB = 2**20
 HALF_HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: half"
 
@@ -77,28 +75,6 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _datagram(worker: str, seq: int, start: int) -> bytes:
-    n = len(wire.LAYOUTS["request"]) + 1
-    requests, exceptions = [], []
-    for i in range(start, start + ROWS):
-        method = wire.METHODS[i % len(wire.METHODS)]
-        sc = wire.STATUS_CLASSES[(i // len(wire.METHODS)) % len(wire.STATUS_CLASSES)]
-        requests.append([f"/f/r{i}", method, sc, [1] + [0] * (n - 1), 0.001])
-        if i % 7 == 0:
-            exceptions.append([f"/f/r{i}", f"Err{i}", "other", 1])
-    doc = {
-        "v": 1,
-        "app": "shop",
-        "worker": worker,
-        "seq": seq,
-        "dropped": {"queue_full": 0, "send_failed": 0},
-        "layouts": {k: list(v) for k, v in wire.LAYOUTS.items()},
-        "requests": requests,
-        "exceptions": exceptions,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
 def _series(text: str) -> int:
     return sum(1 for ln in text.splitlines() if ln and not ln.startswith(("#", "process_", "python_")))
 
@@ -125,7 +101,7 @@ def hook_flood(datagrams: int) -> None:
             print(f"RSS at start {base / MIB:.1f} MiB")
             t0 = time.perf_counter()
             for k in range(datagrams):
-                s.send(_datagram(f"w:{k % 3}", k + 1, k * ROWS))
+                s.send(flood_datagram(f"w:{k % 3}", k + 1, k * ROWS))
                 if (k + 1) % (datagrams // 4) == 0:
                     body = d.get("/metrics")[1]
                     rss = rss_bytes(d.proc.pid)

@@ -30,7 +30,7 @@ SERIES_BYTES = 200 + 300
 HEADROOM = 16 * 2**20
 
 
-def _datagram(worker: str, seq: int, start: int) -> bytes:
+def flood_datagram(worker: str, seq: int, start: int) -> bytes:
     n = len(wire.LAYOUTS["request"]) + 1
     requests = []
     exceptions = []
@@ -91,12 +91,12 @@ def test_hook_flood_stays_within_worker_state_series_budget_and_rss() -> None:
         d.start()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.connect(path)  # a Unix datagram socket blocks the sender when the daemon falls behind: nothing is lost
-            s.send(_datagram("w:0", 1, 0))
+            s.send(flood_datagram("w:0", 1, 0))
             d.get("/metrics")
             base = rss_bytes(d.pid)
             sent = 1
             for k in range(1, 400):
-                s.send(_datagram(f"w:{k % 3}", k, k * ROWS))
+                s.send(flood_datagram(f"w:{k % 3}", k, k * ROWS))
                 sent += 1
         deadline = time.monotonic() + 30
         while True:

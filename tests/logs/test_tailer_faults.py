@@ -18,6 +18,7 @@ from dbwatch import metrics as m
 from dbwatch.config import from_mapping
 from dbwatch.logs.tailer import Positions, SourceTailer
 from dbwatch.store import Store
+from tests.faults.test_log_input import TB
 from tests.helpers import REPO, eventually
 
 LINE = b"2026-01-02 03:04:05,678 INFO [app] hello\n"
@@ -49,15 +50,6 @@ async def test_cancel_in_the_turn_the_wakeup_lands_stops_the_tailer(tmp_path: Pa
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done, "the cancellation was swallowed: the tailer keeps running"
 
-
-TB = (
-    "2026-01-02 03:04:05,678 ERROR [app.auth] Login failed\n"
-    "Traceback (most recent call last):\n"
-    '  File "/srv/app/auth.py", line 42, in login\n'
-    "    return user.updated_at.isoformat()\n"
-    "sqlalchemy.exc.MissingGreenlet: greenlet_spawn has not been called; can't call await_only() here.\n"
-    "2026-01-02 03:04:06,000 INFO [app] next\n"
-)
 
 # Saves positions with the file-size limit set: the kernel makes the write short, then refuses the rest (EFBIG).
 _SHORT_WRITE = """

@@ -84,8 +84,11 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
             log_dir = Path(cluster.base) / "applogs"
             log_dir.mkdir()
             with_app = importlib.util.find_spec("sqlalchemy") is not None and importlib.util.find_spec("greenlet")
-            app_port = _free_port() if with_app else 0
-            hook_port = _free_port(socket.SOCK_DGRAM)
+            # The app's listening socket is bound here and handed to its process: a port picked, closed and bound
+            # again later could be taken in between (by the daemon's own `--listen :0`, say).
+            app_sock = _listening_socket() if with_app else None
+            app_port = app_sock.getsockname()[1] if app_sock else 0
+            hook_port = _free_udp_port()
             login_password = "login-" + secrets.token_urlsafe(12)
             os.environ[LOGIN_PASSWORD_ENV] = login_password  # read by the config's secret_fields, never written
             cfg_path.write_text(
@@ -121,7 +124,7 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
             logsetup.configure("warning", "console", config.secrets(), stream=sys.stderr)
             _say(f"  PostgreSQL {cluster.bindir.parts[-2]} on 127.0.0.1:{cluster.port}, data in {cluster.base}")
             app_dsn = f"postgresql+{driver}://app:{password}@127.0.0.1:{cluster.port}/app"
-            with _workload(app_dsn, log_dir, app_port, login_password, hook_port, mark):
+            with _workload(app_dsn, log_dir, app_sock, login_password, hook_port, mark):
                 asyncio.run(_run(config, duration))
     except ClusterError as exc:
         sys.stderr.write(f"dbwatch demo: {exc}\n")
@@ -135,8 +138,15 @@ def run_demo(listen: tuple[str, int], duration: float, interval: float, driver: 
     return 0
 
 
-def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+def _listening_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    return s
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -211,9 +221,14 @@ def _login_target(port: int, interval: float) -> str:
 
 
 @contextlib.contextmanager
-def _workload(dsn: str, log_dir: Path, port: int, password: str, hook_port: int, mark: Path) -> Iterator[None]:
-    """Run the demo app (dbwatch.demo_workload) as its own process, as a real app runs beside the sidecar."""
-    if not port:
+def _workload(
+    dsn: str, log_dir: Path, sock: socket.socket | None, password: str, hook_port: int, mark: Path
+) -> Iterator[None]:
+    """Run the demo app (dbwatch.demo_workload) as its own process, as a real app runs beside the sidecar.
+
+    It serves its login endpoint on `sock`, bound and listening already (its descriptor is inherited).
+    """
+    if sock is None:
         _say("  demo app skipped: it needs SQLAlchemy (pip install 'dbwatch[demo]')")
         yield
         return
@@ -222,13 +237,19 @@ def _workload(dsn: str, log_dir: Path, port: int, password: str, hook_port: int,
         "DBWATCH_HOOK_APP": HOOK_APP,
         "DBWATCH_HOOK_INTERVAL": "1",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dbwatch.demo_workload", "--log-dir", str(log_dir), "--port", str(port)],
-        env={**os.environ, "DEMO_DATABASE_URL": dsn, "DEMO_LOGIN_PASSWORD": password, **hook_env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    port, fd = sock.getsockname()[1], sock.fileno()
+    errors_path = log_dir.parent / "demo-app.stderr"  # outside the watched log dir
+    argv = ["--log-dir", str(log_dir), "--port", str(port), "--listen-fd", str(fd)]
+    with errors_path.open("wb") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbwatch.demo_workload", *argv],
+            pass_fds=(fd,),
+            env={**os.environ, "DEMO_DATABASE_URL": dsn, "DEMO_LOGIN_PASSWORD": password, **hook_env},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+    sock.close()  # the app's now
     _write_mark(mark, proc.pid)
     driver = dsn.split("://", 1)[0].partition("+")[2]
     _say(f"  demo app (async SQLAlchemy on {driver}, bugs now and then) logging to {log_dir}")
@@ -237,6 +258,8 @@ def _workload(dsn: str, log_dir: Path, port: int, password: str, hook_port: int,
     try:
         yield
     finally:
+        if proc.poll() is not None:  # it died on its own (its stderr goes with the cluster dir)
+            _say(f"  demo app exited early with code {proc.returncode}; its stderr was {errors_path}")
         proc.terminate()
         try:
             proc.wait(10)

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -125,9 +126,17 @@ def login_app(factory: async_sessionmaker[AsyncSession], password: str, access_l
 
 
 async def run(
-    dsn: str, log_dir: Path, cycles: int, period: float, bug_rate: float, port: int = 0, password: str = ""
+    dsn: str,
+    log_dir: Path,
+    cycles: int,
+    period: float,
+    bug_rate: float,
+    port: int = 0,
+    password: str = "",
+    listen_fd: int | None = None,
 ) -> None:
-    """Run the workload; `cycles` 0 means until cancelled. With a port, serve the login endpoint and log in via it."""
+    """Run the workload; `cycles` 0 means until cancelled. With a port, serve the login endpoint and log in via it
+    (on the listening socket `listen_fd` when given, already bound to that port)."""
     plain = logging.getLogger("demoapp.auth")
     handler = logging.FileHandler(log_dir / "app.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
@@ -160,7 +169,10 @@ async def run(
         (log_dir / ACCESS_DIR).mkdir(exist_ok=True)
         runner = web.AppRunner(login_app(good, password, log_dir / ACCESS_DIR / "login.log"), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        if listen_fd is None:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        else:
+            await web.SockSite(runner, socket.socket(fileno=listen_fd)).start()
         client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     rng = random.Random(42)
     n = 0
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--port", type=int, default=0, help="serve POST /api/login on 127.0.0.1:PORT (password: DEMO_LOGIN_PASSWORD)"
     )
+    p.add_argument("--listen-fd", type=int, help="serve on this inherited listening socket (bound to --port)")
     args = p.parse_args(argv)
     dsn = os.environ.get("DEMO_DATABASE_URL")
     if not dsn:
@@ -218,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("--port needs DEMO_LOGIN_PASSWORD\n")
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(dsn, args.log_dir, args.cycles, args.period, args.bug_rate, args.port, password))
+        asyncio.run(
+            run(dsn, args.log_dir, args.cycles, args.period, args.bug_rate, args.port, password, args.listen_fd)
+        )
     return 0
 
 

@@ -133,7 +133,7 @@ LOG_SOURCE_INFO = MetricSpec(
     ("source", "target"),
 )
 
-# --- request latency (dbwatch/logs/access.py and the hook's middleware via dbwatch/ingest.py) ------------
+# --- request latency (dbwatch/logs/access.py and the hook's middleware via dbwatch/ingest/) ------------
 # One family whichever source feeds it: `source` is the log source or the hooked app. Latency SLO thresholds are
 # bucket boundaries (dbwatch rules refuses any other): 50, 100, 250, 500 ms, 1, 2.5 s. Few buckets and no status
 # class on the histogram keep a route and method at 9 series; the status class is on the request counter.
@@ -158,7 +158,7 @@ HTTP_ACCESS_RECORDS = MetricSpec(
     ("source", "result"),
 )
 
-# --- app pool via hook (dbwatch/hook/ sends, dbwatch/ingest.py receives) ---------------------
+# --- app pool via hook (dbwatch/hook/ sends, dbwatch/ingest/ receives) ---------------------
 # Bucket bounds travel in every hook datagram; the sidecar rejects a datagram whose bounds differ from these.
 # Checkout waits run from a free connection (microseconds) to the pool timeout (default 30 s).
 POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -172,12 +172,15 @@ class DbwatchASGIMiddleware:
 
     # ----- Source protocol ---------------------------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> wire.Part:
         """Cumulative request histograms and exception counts, as wire rows."""
         with self._lock:
-            requests = [[*k, [int(v) for v in row[:-1]], round(row[-1], 6)] for k, row in self._requests.items()]
-            exceptions = [[*k, n] for k, n in self._exceptions.items()]
-        return {"requests": requests, "exceptions": exceptions}
+            requests = tuple(
+                wire.RequestRow(*k, tuple(int(v) for v in row[:-1]), round(row[-1], 6))
+                for k, row in self._requests.items()
+            )
+            exceptions = tuple(wire.ExceptionRow(*k, n) for k, n in self._exceptions.items())
+        return wire.Part(requests=requests, exceptions=exceptions)
 
     def alive(self) -> bool:
         return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import re
@@ -35,8 +35,8 @@ MAX_QUEUE: Final = 64
 class Source(Protocol):
     """Something that reports: an instrumented engine or an ASGI middleware."""
 
-    def report(self) -> dict[str, Any]:
-        """Payload parts (`engines`, `requests`, `exceptions` lists); read-only on the app's state."""
+    def report(self) -> wire.Part:
+        """What to send this interval; read-only on the app's state."""
         ...
 
     def alive(self) -> bool:
@@ -121,49 +121,44 @@ class Reporter:
     def _build(self) -> Iterator[bytes]:
         with self._lock:
             sources = list(self._sources)
-        engines: list[Any] = []
-        rows: list[tuple[str, Any]] = []
+        engines: list[wire.EngineReport] = []
+        rows: list[wire.RequestRow | wire.ExceptionRow] = []
         gone: list[Source] = []
         for src in sources:
             part = src.report()
-            engines.extend(part.get("engines", ()))
-            rows.extend(("requests", r) for r in part.get("requests", ()))
-            rows.extend(("exceptions", r) for r in part.get("exceptions", ()))
+            engines.extend(part.engines)
+            rows.extend(part.requests)
+            rows.extend(part.exceptions)
             if not src.alive():
                 gone.append(src)
         if gone:
             with self._lock:
                 self._sources = [s for s in self._sources if s not in gone]
-        head = self._head(engines)
-        body: dict[str, list[Any]] = {}
-        size = len(_dumps(head)) + 64
-        for key, row in rows:
-            n = len(_dumps(row)) + 1
-            if size + n > wire.MAX_DATAGRAM and (body or "engines" in head):
-                yield _dumps({**head, **body}).encode()
+        head = self._head(tuple(engines))
+        batch: list[wire.RequestRow | wire.ExceptionRow] = []
+        size = len(wire.encode(head)) + 64
+        for row in rows:
+            n = wire.row_size(row)
+            if size + n > wire.MAX_DATAGRAM and (batch or head.engines is not None):
+                yield wire.encode(_with_rows(head, batch))
                 head = self._head(None)
-                body = {}
-                size = len(_dumps(head)) + 64
-            body.setdefault(key, []).append(row)
+                batch = []
+                size = len(wire.encode(head)) + 64
+            batch.append(row)
             size += n
-        yield _dumps({**head, **body}).encode()
+        yield wire.encode(_with_rows(head, batch))
 
-    def _head(self, engines: list[Any] | None) -> dict[str, Any]:
+    def _head(self, engines: tuple[wire.EngineReport, ...] | None) -> wire.Report:
         self.seq += 1
-        head: dict[str, Any] = {
-            "v": wire.VERSION,
-            "app": self.app,
-            "worker": self.worker,
-            "seq": self.seq,
-            "interval": self.interval,
-            "dropped": dict(self.dropped),
-            "layouts": {k: list(v) for k, v in wire.LAYOUTS.items()},
-        }
-        if self._token:
-            head["token"] = self._token
-        if engines is not None:
-            head["engines"] = engines
-        return head
+        return wire.Report(
+            app=self.app,
+            worker=self.worker,
+            seq=self.seq,
+            interval=self.interval,
+            dropped=dict(self.dropped),
+            engines=engines,
+            token=self._token or None,
+        )
 
     def _flush(self) -> None:
         while self._queue:
@@ -229,8 +224,10 @@ class Reporter:
             self._ensure_thread()
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+def _with_rows(head: wire.Report, rows: list[wire.RequestRow | wire.ExceptionRow]) -> wire.Report:
+    requests = tuple(r for r in rows if isinstance(r, wire.RequestRow))
+    exceptions = tuple(r for r in rows if isinstance(r, wire.ExceptionRow))
+    return dataclasses.replace(head, requests=requests, exceptions=exceptions)
 
 
 _SAFE_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")

@@ -57,7 +57,7 @@ _FINDING_TEXT: Final = {
 
 
 def _hist(bounds: tuple[float, ...]) -> list[float]:
-    """A histogram as one list: a count per bucket (+Inf last), then the sum; the wire shape as is."""
+    """A histogram as one list: a count per bucket (+Inf last), then the sum (`wire.Histogram` when reported)."""
     return [0] * (len(bounds) + 1) + [0.0]
 
 
@@ -311,31 +311,31 @@ class EngineState:
         c["resets"] = resets
         return c
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> wire.Part:
         pool = self._pool() if self._pool else None
         self.wall_offset[0] = _wall() - _perf()
         started = self.started[0]
-        hists = {k: [*h[:-1], round(h[-1], 6)] for k, h in self.h.items()}  # before the counters: see counters()
+        hists = {k: list(h) for k, h in self.h.items()}  # before the counters: see counters()
         c = self.counters(hists["held"])
         waiting = started - c["checkouts"] - c.pop("checkout_failures")
         errors = dict(self.errors)
         self._check_load(c)
-        entry: dict[str, Any] = {
-            "engine": self.name,
-            "pool_class": type(pool).__name__ if pool is not None else "gone",
-            "settings": _settings(pool),
-            "gauges": {
+        entry = wire.EngineReport(
+            engine=self.name,
+            pool_class=type(pool).__name__ if pool is not None else "gone",
+            settings=_settings(pool),
+            gauges={
                 "checked_out": max(0, c["checkouts"] - c["checkins"]),
                 "idle": _call_int(pool, "checkedin"),
                 "overflow": max(0, _call_int(pool, "overflow")) if isinstance(pool, sa_pool.QueuePool) else 0,
                 "waiting": max(0, waiting),
             },
-            "counters": c,
-            "hists": hists,
-            "errors": errors,
-            "findings": sorted(self.findings),
-        }
-        return {"engines": [entry]}
+            counters=c,
+            hists={k: wire.Histogram(tuple(int(n) for n in h[:-1]), round(h[-1], 6)) for k, h in hists.items()},
+            errors=errors,
+            findings=tuple(sorted(self.findings)),
+        )
+        return wire.Part(engines=(entry,))
 
     def _check_load(self, c: dict[str, int]) -> None:
         now = time.monotonic()
@@ -397,7 +397,7 @@ class _Source:
     def __init__(self, state: EngineState) -> None:
         self.state = state
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> wire.Part:
         return self.state.report()
 
     def alive(self) -> bool:

@@ -191,9 +191,9 @@ def test_a_connection_out_before_instrument_comes_back_uncounted(tmp_path) -> No
     early.close()
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    entry = state_of(engine).report()["engines"][0]  # type: ignore[union-attr]
-    assert (entry["counters"]["checkouts"], entry["counters"]["checkins"], entry["counters"]["resets"]) == (1, 1, 1)
-    assert entry["gauges"]["checked_out"] == 0
+    entry = state_of(engine).report().engines[0]  # type: ignore[union-attr]
+    assert (entry.counters["checkouts"], entry.counters["checkins"], entry.counters["resets"]) == (1, 1, 1)
+    assert entry.gauges["checked_out"] == 0
     engine.dispose()
 
 

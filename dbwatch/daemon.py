@@ -1,4 +1,4 @@
-"""Run the daemon: HTTP server plus scheduler, until SIGTERM/SIGINT, then a graceful shutdown."""
+"""Run the daemon: the components (dbwatch.app) plus the HTTP server, until SIGTERM/SIGINT, then a graceful shutdown."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import structlog
 from aiohttp import web
 
 from dbwatch import metrics as m
+from dbwatch.app import build
 from dbwatch.config import Config
-from dbwatch.server import STORE, build_app
+from dbwatch.server import build_app
 from dbwatch.store import Store
+from dbwatch.tasks import Tasks
 from dbwatch.webconfig import WebConfig
 
 __all__ = ["REJECT_REASONS", "HTTPLimits", "serve"]
@@ -55,32 +57,43 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     web_config = web_config or WebConfig()
     limits = limits or HTTPLimits()
-    app = build_app(config, store, web_config=web_config)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=limits.idle_timeout
-    )
-    await runner.setup()
-    ssl_context = web_config.ssl_context()
-    reloader = web_config.reloader(ssl_context)
-    reload_task = asyncio.create_task(reloader.run(web_config.reload_interval)) if reloader else None
+    components = build(config, store)
     try:
-        host, port = config.listen
-        site = _GuardedSite(runner, host, port, ssl_context, limits, app[STORE])
-        await site.start()
-        bound = port
-        sockets = getattr(site._server, "sockets", None)  # the real port when asked for port 0
-        if sockets:
-            bound = sockets[0].getsockname()[1]
-        log.info("server_started", listen=f"{host}:{bound}", targets=len(config.targets), **web_config.describe())
-        if on_started:
-            await on_started(host, bound)
-        await stop.wait()
-        log.info("server_stopping")
+        # The components start before the server listens and stop after it has closed (as aiohttp's cleanup
+        # context did): a scrape never sees a half-started or half-stopped daemon.
+        async with components.running():
+            runner = web.AppRunner(
+                build_app(components.store, components, web_config=web_config),
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=5.0,
+                keepalive_timeout=limits.idle_timeout,
+            )
+            await runner.setup()
+            ssl_context = web_config.ssl_context()
+            reloader = web_config.reloader(ssl_context)
+            tasks = Tasks()
+            if reloader:
+                tasks.start(reloader.run(web_config.reload_interval), name="tls:reload")
+            try:
+                host, port = config.listen
+                site = _GuardedSite(runner, host, port, ssl_context, limits, components.store)
+                await site.start()
+                bound = port
+                sockets = getattr(site._server, "sockets", None)  # the real port when asked for port 0
+                if sockets:
+                    bound = sockets[0].getsockname()[1]
+                log.info(
+                    "server_started", listen=f"{host}:{bound}", targets=len(config.targets), **web_config.describe()
+                )
+                if on_started:
+                    await on_started(host, bound)
+                await stop.wait()
+                log.info("server_stopping")
+            finally:
+                await tasks.stop()
+                await runner.cleanup()
     finally:
-        if reload_task:
-            reload_task.cancel()
-            await asyncio.gather(reload_task, return_exceptions=True)
-        await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("server_stopped")

@@ -16,6 +16,7 @@ from dbwatch import metrics as m
 from dbwatch.coordination import Standby
 from dbwatch.errors import Reason, classify
 from dbwatch.store import Store
+from dbwatch.tasks import Tasks
 
 __all__ = ["Abandonable", "Job", "Scheduler"]
 
@@ -51,13 +52,13 @@ class Abandonable(Protocol):
 
 
 class Scheduler:
-    """Owns the job tasks; started and stopped by the server's cleanup context."""
+    """Runs one task per job (owned by a `Tasks`); started and stopped by the composition root (dbwatch.app)."""
 
     def __init__(self, store: Store, jobs: Sequence[Job], *, jitter: float = 1.0) -> None:
         self._store = store
         self._jobs = list(jobs)
         self._jitter = jitter
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = Tasks()
         self._first_run: dict[tuple[str, str], asyncio.Event] = {}
 
     @property
@@ -65,25 +66,22 @@ class Scheduler:
         return list(self._jobs)
 
     def start(self) -> None:
-        """Create one task per job; each task is owned here and cancelled in `stop()`."""
+        """Start one task per job; each is cancelled in `stop()`."""
         for job in self._jobs:
             key = (job.job, job.target)
             self._first_run[key] = asyncio.Event()
             for result in ("ok", "error", "timeout", "standby"):
                 self._store.inc(m.JOB_RUNS, (*key, result), 0)
             self._store.inc(m.JOB_SKIPPED, key, 0)
-            self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.job}:{job.target}"))
+            self._tasks.start(self._loop(job), name=f"job:{job.job}:{job.target}")
 
     async def stop(self) -> None:
         """Cancel every job task (in-flight work included) and wait for them."""
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.stop()
 
     def dead(self) -> list[str]:
         """Names of job tasks that are no longer running; empty when healthy."""
-        return [t.get_name() for t in self._tasks if t.done()]
+        return self._tasks.dead()
 
     def first_cycle_done(self) -> bool:
         """Whether every job has finished one run, successful or not (part of dbwatch's own readiness)."""

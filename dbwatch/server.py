@@ -1,13 +1,14 @@
-"""The HTTP side: /metrics from the store, /healthz (liveness), /readyz (readiness); owns the scheduler."""
+"""The HTTP side: /metrics from the store, /healthz and /readyz from a health view; knows nothing of what runs.
+
+The composition root (dbwatch.app) builds and runs the components; this module gets only the store and a
+`dbwatch.health.Health`.
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
 import platform
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -16,34 +17,14 @@ from prometheus_client.exposition import choose_encoder
 
 from dbwatch import __version__
 from dbwatch import metrics as m
-from dbwatch.collectors.job import collector_jobs
-from dbwatch.config import Config, Target
-from dbwatch.ingest import Ingest, running_ingest
-from dbwatch.logs.tailer import LogWatcher
-from dbwatch.monconn import Monitors
-from dbwatch.probes import ProbeJob
-from dbwatch.probes.own_sessions import OwnSessions
-from dbwatch.probes.postgres import Riders
-from dbwatch.scheduler import Job, Scheduler
-from dbwatch.store import Exposition, Store, StoreCollector
+from dbwatch.health import Health, liveness, readiness
+from dbwatch.store import Exposition, Store
 from dbwatch.webconfig import WebConfig
 
-__all__ = ["INGEST", "SCHEDULER", "STORE", "Scrape", "build_app", "build_jobs", "build_registry"]
+__all__ = ["HEALTH", "STORE", "Scrape", "build_app"]
 
 STORE = web.AppKey("store", Store)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-LOGS = web.AppKey("logs", LogWatcher)
-INGEST = web.AppKey("ingest", Ingest)
-
-
-def build_registry(store: Store) -> CollectorRegistry:
-    """A private registry: the store's families plus process and platform metrics."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(StoreCollector(store))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    store.set(("self", ""), m.BUILD_INFO, (__version__, platform.python_version()), 1.0)
-    return registry
+HEALTH = web.AppKey("health", Health)
 
 
 class Scrape:
@@ -79,39 +60,8 @@ class Scrape:
 SCRAPE = web.AppKey("scrape", Scrape)
 
 
-@dataclass(slots=True)
-class Readiness:
-    """dbwatch's own readiness: set once the app's start-up (every listener and task) has finished."""
-
-    started: bool = False
-
-
-READINESS = web.AppKey("readiness", Readiness)
-
-
-def build_jobs(config: Config, store: Store, monitors: Monitors | None = None) -> list[Job]:
-    """Every scheduled job the config asks for; collectors share one monitoring connection per target."""
-    monitors = monitors or Monitors(store)
-    # Each probe carries its target's lock check, so instances without the lock need no session of their own.
-    jobs: list[Job] = [ProbeJob(t, store, rider=_riders(t, store, monitors)) for t in config.targets]
-    jobs += collector_jobs(config.targets, store, monitors)
-    return jobs
-
-
-def _riders(target: Target, store: Store, monitors: Monitors) -> Riders | None:
-    """What a postgres probe reads besides `SELECT 1`: the database-wide lock check, this pod's own sessions."""
-    if target.kind != "postgres":
-        return None
-    return Riders(monitors.coordinator(target), OwnSessions(target, store) if target.own_sessions else None)
-
-
-def build_app(
-    config: Config, store: Store | None = None, jitter: float = 1.0, web_config: WebConfig | None = None
-) -> web.Application:
-    """The aiohttp app; its cleanup context starts the scheduler and stops it on shutdown."""
-    store = store or Store(max_series=config.max_series)
-    monitors = Monitors(store)
-    scheduler = Scheduler(store, build_jobs(config, store, monitors), jitter=jitter)
+def build_app(store: Store, health: Health, web_config: WebConfig | None = None) -> web.Application:
+    """The aiohttp app serving `store` and `health`; it starts and stops nothing."""
 
     def auth_busy() -> None:
         store.inc(m.HTTP_REJECTED, ("auth_busy",))
@@ -119,46 +69,8 @@ def build_app(
     # Basic auth and client certificates from --web.config.file guard every route (health ones optionally open).
     app = web.Application(middlewares=[web_config.middleware(on_busy=auth_busy)] if web_config else [])
     app[STORE] = store
-    app[SCHEDULER] = scheduler
+    app[HEALTH] = health
     app[SCRAPE] = Scrape(store)
-    app[READINESS] = readiness = Readiness()
-
-    async def run_scheduler(app: web.Application) -> AsyncIterator[None]:
-        scheduler.start()
-        yield
-        await scheduler.stop()
-        await monitors.close()
-
-    app.cleanup_ctx.append(run_scheduler)
-    hook_config = config.hook
-    if hook_config is not None:
-
-        async def run_ingest(app: web.Application) -> AsyncIterator[None]:
-            async with running_ingest(hook_config, store) as (ingest, _):
-                app[INGEST] = ingest
-                yield
-
-        app.cleanup_ctx.append(run_ingest)
-    if config.logs.sources:
-        for src in config.logs.sources:
-            store.set(("log_source", src.name), m.LOG_SOURCE_INFO, (src.name, src.target or ""), 1)
-        watcher = LogWatcher(config.logs, store)
-        app[LOGS] = watcher
-
-        async def run_logs(app: web.Application) -> AsyncIterator[None]:
-            watcher.start()
-            yield
-            await watcher.stop()
-
-        app.cleanup_ctx.append(run_logs)
-
-    async def mark_started(app: web.Application) -> AsyncIterator[None]:
-        # Last in the cleanup context: every earlier start-up step (hook listener, tailers, scheduler) has run.
-        readiness.started = True
-        yield
-        readiness.started = False
-
-    app.cleanup_ctx.append(mark_started)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -196,42 +108,11 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    dead = request.app[SCHEDULER].dead()
-    if LOGS in request.app:
-        dead += request.app[LOGS].dead()
-    if dead:
-        return _json(503, {"status": "fail", "dead_tasks": dead})
-    return _json(200, {"status": "ok", "tasks": len(request.app[SCHEDULER].jobs)})
+    return _json(*liveness(request.app[HEALTH]))
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    """dbwatch's own readiness (started, first cycle done); a target counts only where it opted in to gating.
-
-    The default keeps a database or login outage out of the pod's readiness: a sidecar's readiness gates its whole
-    pod, so gating on a shared dependency would take every pod out of its Service at once (alerts page instead).
-    """
-    now = time.monotonic()
-    own = {
-        "config_loaded": True,  # the app is built from a validated config only
-        "listeners_up": request.app[READINESS].started,
-        "first_cycle_done": request.app[SCHEDULER].first_cycle_done(),
-    }
-    ready = all(own.values())
-    targets: dict[str, Any] = {}
-    for name, st in request.app[STORE].status.items():
-        age = None if st.last_success is None else round(now - st.last_success, 3)
-        fresh = age is not None and age <= st.stale_after
-        if st.gates_readiness and not fresh:
-            ready = False
-        targets[name] = {
-            "gates_readiness": st.gates_readiness,
-            "up": st.up,
-            "fresh": fresh,
-            "last_success_age_seconds": age,
-            "reason": st.last_reason if not st.up else None,
-        }
-    status = "ready" if ready else "not_ready"
-    return _json(200 if ready else 503, {"status": status, "checks": own, "targets": targets})
+    return _json(*readiness(request.app[HEALTH], request.app[STORE]))
 
 
 async def _index(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Shared test helpers: the sentinel password, polling, the daemon harness, CLI runs."""
+"""Shared test helpers: the sentinel password, polling, the daemon harness, CLI runs, stopping a child."""
 
 from __future__ import annotations
 
@@ -89,6 +89,18 @@ async def running(raw_config: dict[str, Any], web_config: WebConfig | None = Non
     finally:
         d.stop.set()
         await asyncio.wait_for(task, 15)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """SIGTERM, then SIGKILL if the process is still running `timeout` seconds later; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:

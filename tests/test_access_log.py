@@ -25,7 +25,7 @@ from dbwatch.labels import route as normalize_route
 from dbwatch.logs.access import AccessLog
 from dbwatch.pgcluster import free_port
 from dbwatch.store import Store
-from tests.helpers import REPO
+from tests.helpers import REPO, stop_process
 
 
 def _get(url: str, body: bytes | None = None) -> int:
@@ -81,8 +81,7 @@ def gunicorn(tmp_path: Path, fmt: str) -> Iterator[tuple[str, Path]]:
         _wait(f"http://127.0.0.1:{port}/", proc, err)
         yield f"http://127.0.0.1:{port}", access
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 def traffic(base: str) -> None:
@@ -198,8 +197,7 @@ def nginx(tmp_path: Path, app_port: int) -> Iterator[tuple[str, Path]]:
         _wait(f"http://127.0.0.1:{port}/local", proc, d / "error.log")
         yield f"http://127.0.0.1:{port}", d / "access.log"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("which", ["request_time", "upstream_response_time"])

@@ -264,7 +264,7 @@ def test_bad_max_for_or_include_exits_2(tmp_path: Path, args: list[str], message
 def test_log_source_target_names_a_target_and_is_exposed(tmp_path: Path) -> None:
     """`logs.sources[].target` must name a target; dbwatch_log_source_info carries it for DbwatchAsyncORMError."""
     from dbwatch import metrics as m
-    from dbwatch.server import build_app
+    from dbwatch.app import build
     from dbwatch.store import Store
 
     raw: dict[str, Any] = {
@@ -278,7 +278,7 @@ def test_log_source_target_names_a_target_and_is_exposed(tmp_path: Path) -> None
         },
     }
     store = Store()
-    build_app(from_mapping(raw), store)
+    build(from_mapping(raw), store)
     assert store.gauge_value(m.LOG_SOURCE_INFO, ("app", "primary")) == 1
     assert store.gauge_value(m.LOG_SOURCE_INFO, ("other", "")) == 1
     raw["logs"]["sources"][1]["target"] = "nope"

@@ -581,7 +581,7 @@ _STAT_SPECS: Final = {
 
 
 class LogWatcher:
-    """Owns one tailer task per configured source; started and stopped by the server's cleanup context."""
+    """One tailer per configured source; dbwatch.app runs each `tailer.run()` under its task owner."""
 
     def __init__(self, config: LogsConfig, store: Store) -> None:
         self.tailers: list[SourceTailer] = []
@@ -592,18 +592,3 @@ class LogWatcher:
 
                 hook = AccessLog(source.name, source.access, store).feed
             self.tailers.append(SourceTailer(source, config, store, on_record=hook))
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        for t in self.tailers:
-            self._tasks.append(asyncio.create_task(t.run(), name=f"logs:{t.source.name}"))
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-
-    def dead(self) -> list[str]:
-        """Names of tailer tasks that are no longer running; empty when healthy."""
-        return [t.get_name() for t in self._tasks if t.done()]

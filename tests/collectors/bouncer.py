@@ -15,6 +15,7 @@ from typing import Self
 from urllib.parse import quote
 
 from dbwatch.pgcluster import free_port
+from tests.helpers import stop_process
 
 
 class Bouncer:
@@ -64,11 +65,6 @@ class Bouncer:
         raise RuntimeError("pgbouncer did not start")
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_process(self._proc)
         shutil.rmtree(self.base, ignore_errors=True)

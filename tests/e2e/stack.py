@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from dbwatch.pgcluster import free_port
-from tests.helpers import REPO
+from tests.helpers import REPO, stop_process
 
 
 def _wait_http(url: str, timeout: float = 30) -> None:
@@ -59,13 +59,8 @@ class Service:
 
     def stop(self) -> None:
         """Terminate the process (SIGTERM, then SIGKILL after 10 s); its dir stays."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
 
     def close(self) -> None:
         self.stop()

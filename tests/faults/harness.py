@@ -24,6 +24,7 @@ from typing import Any, Self
 import yaml
 
 from dbwatch.pgcluster import free_port
+from tests.helpers import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 UNRESOLVABLE_HOST = "db.dbwatch-faults.invalid"
@@ -147,14 +148,7 @@ class DaemonProcess:
         """SIGTERM, wait; returns the exit code."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, 15)
 
     def cleanup(self) -> None:
         self.stop()

@@ -37,9 +37,10 @@ class Event:
 
 
 # A log line that is an event without a traceback: SQLAlchemy's pool reporting a connection the garbage collector
-# found checked out (a leaked connection). Formats search for the needle and hand the line to `line_event`.
-LINE_NEEDLE: Final = b"non-checked-in connection"
+# found checked out (a leaked connection). Formats search for the needle (the whole sentence: a long needle is found
+# fastest) and hand the line to `line_event`.
 _LEAK: Final = "The garbage collector is trying to clean up non-checked-in connection"
+LINE_NEEDLE: Final = _LEAK.encode()
 
 
 def line_event(text: str) -> Chain | None:

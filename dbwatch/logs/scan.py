@@ -38,11 +38,47 @@ PROGRESS_MIN_BYTES: Final = 8 << 20
 MAX_KEYS: Final = 1000  # distinct classes / code lines tallied per table; later ones are counted under OTHER
 OTHER: Final = "(other)"
 EXAMPLE_CHARS: Final = 150
+MEMO_SIZE: Final = 256  # verdicts whose report rows and JSON are kept
 _NONE: Final = Chain(())
 
 
 def _bump(table: Counter[str], key: str, n: int = 1) -> None:
     table[key if key in table or len(table) < MAX_KEYS else OTHER] += n
+
+
+class _Memo:
+    """What is derived from one verdict (its report rows, its JSON), by the verdict's identity: the classifier hands
+    out the same Classified for the same traceback, so a traceback logged again costs a lookup. Holds MEMO_SIZE
+    verdicts (oldest out first), and each entry keeps its verdict alive, so an id is never reused while held."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Classified, Any]] = {}
+
+    def get(self, c: Classified, make: Callable[[Classified], Any]) -> Any:
+        hit = self._items.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        value = make(c)
+        if len(self._items) >= MEMO_SIZE:
+            del self._items[next(iter(self._items))]
+        self._items[id(c)] = (c, value)
+        return value
+
+
+def _rows(c: Classified, rules: AppRules) -> tuple[str, list[tuple[str, str]], list[str], dict[str, str]]:
+    """A verdict's rows in the report: final class, (category, code line) per counted unit, root classes, and the
+    example line per category."""
+    counted: list[tuple[str, str]] = []
+    example: dict[str, str] = {}
+    for v in c.counted:
+        loc = f"{rules.label(v.location)} in {v.location.function}" if v.location else "(no app frame)"
+        counted.append((v.category.value, loc))
+        first = c.message.split("\n", 1)[0][:EXAMPLE_CHARS] if c.message else ""
+        example.setdefault(v.category.value, f"{v.exception}: {first}")
+    roots = [v.exception for v in c.leaves] if c.leaves else [c.root_class]
+    return c.final_class, counted, roots, example
 
 
 @dataclass(slots=True)
@@ -55,18 +91,18 @@ class Tally:
     by_root: Counter[str] = field(default_factory=Counter)
     where: dict[str, Counter[str]] = field(default_factory=dict)  # category -> code line -> count
     example: dict[str, str] = field(default_factory=dict)  # category -> first `class: message line`
+    memo: _Memo = field(default_factory=_Memo, repr=False, compare=False)
 
     def add(self, c: Classified, rules: AppRules) -> None:
+        final, counted, roots, example = self.memo.get(c, partial(_rows, rules=rules))
         self.events += 1
-        _bump(self.by_final, c.final_class)
-        for v in c.counted:
-            self.by_category[v.category.value] += 1
-            loc = f"{rules.label(v.location)} in {v.location.function}" if v.location else "(no app frame)"
-            _bump(self.where.setdefault(v.category.value, Counter()), loc)
-            if v.category.value not in self.example:
-                first = c.message.split("\n", 1)[0][:EXAMPLE_CHARS] if c.message else ""
-                self.example[v.category.value] = f"{v.exception}: {first}"
-        for root in [v.exception for v in c.leaves] if c.leaves else [c.root_class]:
+        _bump(self.by_final, final)
+        for cat, loc in counted:
+            self.by_category[cat] += 1
+            _bump(self.where.setdefault(cat, Counter()), loc)
+            if cat not in self.example:
+                self.example[cat] = example[cat]
+        for root in roots:
             _bump(self.by_root, root)
 
     def merge(self, other: Tally) -> None:
@@ -220,6 +256,12 @@ def _event(e: Event, c: Classified, rules: AppRules) -> dict[str, Any]:
         "last_line": e.last_line,
         "timestamp": e.timestamp,
         "logger": e.logger,
+        **_verdict(c, rules),
+    }
+
+
+def _verdict(c: Classified, rules: AppRules) -> dict[str, Any]:
+    return {
         "final_class": c.final_class,
         "root_class": c.root_class,
         "chain": list(c.chain),
@@ -258,6 +300,8 @@ class JsonWriter:
         self._out = out
         self._files = 0
         self._events = 0
+        self._memo = _Memo()
+        self._rules: AppRules | None = None
         out.write('{"files": {')
 
     def begin(self, name: str) -> None:
@@ -266,7 +310,14 @@ class JsonWriter:
         self._events = 0
 
     def event(self, e: Event, c: Classified, rules: AppRules) -> None:
-        self._out.write(("," if self._events else "") + "\n  " + json.dumps(_event(e, c, rules)))
+        # json.dumps(_event(...)), with the verdict's part encoded once per verdict
+        head = json.dumps(
+            {"first_line": e.first_line, "last_line": e.last_line, "timestamp": e.timestamp, "logger": e.logger}
+        )
+        if rules is not self._rules:  # the verdict's JSON holds labels made by these rules
+            self._memo, self._rules = _Memo(), rules
+        tail = self._memo.get(c, lambda c: json.dumps(_verdict(c, rules)))
+        self._out.write(("," if self._events else "") + "\n  " + head[:-1] + ", " + tail[1:])
         self._events += 1
 
     def end(self, r: FileReport) -> None:

@@ -15,7 +15,11 @@ from tests.faults.test_fuzz_logs import _TB
 _TEXT = "\n".join(_TB[1:7])
 _RECORDS = [
     json.dumps({"event": "Login failed", "exception": _TEXT}),
-    json.dumps({"event": 'query="Traceback (most recent call last):"'}),  # a decoy: parsed, no event
+    json.dumps({"event": 'query="Traceback (most recent call last):"'}),  # a decoy: not parsed, no event
+    json.dumps({"event": "x", "exception": "ValueError: a\n\n" + _TB[8] + "\n\n" + _TB[1]}),  # header ends the string
+    json.dumps({"event": "x", "exception": _TEXT.replace("\n", "\u2028")}),  # another line end
+    json.dumps({"event": "x", "exception": _TEXT.replace(":\n", ":  \t\r\n", 1)}),  # blanks before the line end
+    json.dumps({"event": "x", "exception": _TEXT.replace("\n", "\u0085")}, ensure_ascii=False),  # raw, as UTF-8
     json.dumps({"event": "failed", "exception": [{"exc_type": "MissingGreenlet", "exc_value": "x", "frames": []}]}),
     json.dumps({"event": _TB[13]}),  # a one-line event
     json.dumps({"event": "ok", "level": "info"}),
@@ -62,16 +66,21 @@ def test_prefiltered_json_finds_what_the_full_parse_finds(data: bytes, cuts: lis
 
 
 def test_candidates_are_marker_lines_and_text_lines() -> None:
-    """Lines holding a marker or not starting with `{` are parsed; a plain object, even bad JSON, is not."""
+    """Lines holding a marker (a header's words before a line end, `exc_type`, the leak sentence) or not starting
+    with `{` are parsed; a plain object, even bad JSON or one mentioning the header's words in a line, is not."""
     lines = [
         (b'{"a": 1}', False),
         (b"", True),
         (b"", True),
-        (b'{"e": "most recent call last"}', True),
+        (b'{"e": "most recent call last"}', False),
+        (b'{"e": "Traceback (most recent call last):\\n  File"}', True),
+        (b'{"e": "x=\\"Traceback (most recent call last):\\" y"}', False),
+        (b'{"e": "Traceback (most recent call last):"}', True),
         (b"text", True),
         (b'{"bad"', False),
         (b'{"x": [{"exc_type": "E"}]}', True),
-        (b'{"leak": "non-checked-in connection"}', True),
+        (b'{"leak": "The garbage collector is trying to clean up non-checked-in connection"}', True),
+        (b'{"leak": "non-checked-in connection"}', False),
         (b' {"indented": 1}', True),
     ]
     data = b"".join(line + b"\n" for line, _ in lines)

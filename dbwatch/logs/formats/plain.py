@@ -20,8 +20,11 @@ __all__ = ["ParseCache", "PlainScanner", "is_record_start", "record_meta"]
 
 _TB_B: Final = TB_HEADER.encode()
 _GROUP_B: Final = b"  + " + GROUP_HEADER.encode()
-# Headers start a line: searching for newline + header skips every mention inside a line at memchr speed.
-_NEEDLES: Final = (b"\n" + _TB_B, b"\n" + _GROUP_B)
+# Both headers end in the same words and end their line: one search for the words and the line's end skips every
+# mention inside a line (`query="Traceback (most recent call last):"`) at memchr speed. A file with CR bytes also
+# gets the CR form (the header's line then ends in `\r\n`).
+_TAIL: Final = _TB_B + b"\n"
+_TAIL_CR: Final = _TB_B + b"\r"
 BLOCK_KEY: Final = 512  # bytes of a traceback's start that key the cache of whole texts
 BLOCK_MAX: Final = 64 * 1024  # longer texts are not cached
 CACHE_BYTES: Final = 8 << 20  # what the cache of known tracebacks may hold (text and parsed chain), per log source
@@ -160,6 +163,7 @@ class PlainScanner:
         # its size (only `_len` bytes are live), so feeding a large read copies once and allocates nothing.
         self._buf = bytearray()
         self._len = 0
+        self._fed = 0
         self._infos: list[LineInfo] = []
         self._line0 = start_line  # physical line of _buf[0] when not mapped
         self._base = 0  # offset of _buf[0] in the input when not mapped
@@ -185,6 +189,9 @@ class PlainScanner:
 
     def feed(self, data: bytes | memoryview, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
         """Take complete lines (`data` ends with a newline, or is empty); `infos` maps them when `mapped`."""
+        # the buffer keeps room for recent feeds (a decaying maximum): large reads reuse it, and after a large record
+        # a few small feeds give the memory back
+        self._fed = max(len(data), self._fed * 3 // 4)
         if data:
             if self._on_record is not None:
                 for raw in bytes(data).splitlines():
@@ -199,7 +206,8 @@ class PlainScanner:
         need = self._len + len(data)
         if need > len(self._buf):
             self._buf += bytes(need + (need >> 2) - len(self._buf))
-        self._buf[self._len : need] = data
+        with memoryview(self._buf) as view:  # a bytearray's own slice assignment copies a memoryview first
+            view[self._len : need] = data
         self._len = need
 
     def flush(self) -> None:
@@ -222,23 +230,21 @@ class PlainScanner:
         pos, floor = self._scan, self._floor
         cur_off, cur_idx = 0, 0  # incremental offset -> line index
         pending_from = -1
+        needles = (_TAIL, _TAIL_CR) if buf.find(b"\r", pos, end) >= 0 else (_TAIL,)
         found = [-2, -2]  # next match of each needle at or after pos (-2: not searched yet)
         found_line = -2  # next match of LINE_NEEDLE
         rec, self._rec = self._rec, None
         while rec is not None or pos < end:
             if rec is None:
-                ls = -1
-                if pos == 0 and buf.startswith((_TB_B, _GROUP_B), 0, end):
-                    ls = 0
-                else:
-                    for k, needle in enumerate(_NEEDLES):
-                        if found[k] != -1 and found[k] < pos - 1:
-                            found[k] = buf.find(needle, max(pos - 1, 0), end)
-                        if found[k] >= 0 and (ls < 0 or found[k] + 1 < ls):
-                            ls = found[k] + 1
+                hit = -1
+                for k, needle in enumerate(needles):
+                    if found[k] != -1 and found[k] < pos:
+                        found[k] = buf.find(needle, pos, end)
+                    if found[k] >= 0 and (hit < 0 or found[k] < hit):
+                        hit = found[k]
                 if found_line != -1 and found_line < pos:
                     found_line = buf.find(LINE_NEEDLE, pos, end)
-                if found_line >= 0 and (ls < 0 or found_line < ls):  # a line that is an event on its own comes first
+                if found_line >= 0 and (hit < 0 or found_line < hit):  # a line that is an event on its own comes first
                     start = buf.rfind(b"\n", 0, found_line) + 1
                     stop = buf.find(b"\n", found_line, end)
                     stop = end if stop < 0 else stop
@@ -250,13 +256,14 @@ class PlainScanner:
                         floor = stop + 1
                     pos = stop + 1
                     continue
-                if ls < 0:
+                if hit < 0:
                     pos = end
                     break
-                nl = buf.find(b"\n", ls, end)
+                ls = buf.rfind(b"\n", 0, hit) + 1  # pos starts a line, and the hit lies at or after it
+                nl = buf.find(b"\n", hit, end)
                 head = bytes(buf[ls:nl]).rstrip(b"\r")
-                if ls < floor or head not in (_TB_B, _GROUP_B):
-                    pos = nl + 1  # not a header line after all (text follows it)
+                if ls < max(floor, pos) or head not in (_TB_B, _GROUP_B):
+                    pos = nl + 1  # not a header line after all (text before the words)
                     continue
                 rs, headless = self._record_start(buf, ls, floor)
                 known = None if headless else self._known(buf, ls, end)
@@ -310,7 +317,7 @@ class PlainScanner:
             if self._rec is not None:
                 r = self._rec
                 r.rs, r.ls, r.p, r.last_off = r.rs - keep, r.ls - keep, r.p - keep, r.last_off - keep
-        if len(buf) > 4 * max(self._len, CONTEXT_BYTES):  # after a large read or record: give the memory back
+        if len(buf) > 4 * max(self._len, self._fed, CONTEXT_BYTES):  # after a large record: give the memory back
             self._buf = bytearray(buf[: self._len])
         if self._mapped:
             del self._infos[:dropped]

@@ -7,10 +7,11 @@ same file is still assembled; in a native JSON file they also count as unmatched
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from dbwatch.logs.formats.plain import ParseCache, PlainScanner
+from dbwatch.logs.formats.plain import CACHE_COST, ParseCache, PlainScanner
 from dbwatch.logs.prefilter import json_candidates
 from dbwatch.logs.record import LINE_NEEDLE, Event, LineInfo, RecordHook, Sink, Stats, line_event, warn
 from dbwatch.logs.traceback import GROUP_HEADER, SEPARATORS, TB_HEADER, Chain, from_dicts, parse
@@ -21,23 +22,53 @@ EXC_KEYS: Final = ("exception", "exc_info", "exc_text", "stack_trace", "stack", 
 MSG_KEYS: Final = ("event", "message", "msg")
 TIME_KEYS: Final = ("timestamp", "time", "@timestamp", "ts", "asctime")
 LOGGER_KEYS: Final = ("logger", "logger_name", "name")
+TEXT_CACHE_CHARS: Final = 2 << 20  # what a reader's cache of parsed text tracebacks may cost, in characters
+TEXT_MAX: Final = 64 * 1024  # longer texts are parsed each time
 
 
 def _text_chain(text: str, *, whole: bool = False) -> Chain | None:
+    """The chain a text traceback in a string holds: from its first header line on, or (`whole`, when a chain
+    separator line is there) from the start, as it may open with a cause that has no traceback of its own. No header
+    line, no chain (the prefilter finds a traceback by its header)."""
     lines = text.splitlines()
-    if whole and any(line in SEPARATORS for line in lines):
-        return parse(lines)  # it may open with a cause that has no traceback of its own
     for i, line in enumerate(lines):
         s = line.strip()
         if s == TB_HEADER or s == "+ " + GROUP_HEADER:
-            return parse(lines[i:])
+            return parse(lines if whole and any(ln in SEPARATORS for ln in lines) else lines[i:])
     return None
 
 
-def chain_of(obj: Mapping[str, Any]) -> Chain | None:
+class TextChains:
+    """Text tracebacks parsed before, by their text: the same traceback logged again costs a lookup, not a parse, and
+    hands out the same Chain (so its classification is cached too). Bounded in characters, least recently used out
+    first; a text over TEXT_MAX is not kept."""
+
+    __slots__ = ("_chains", "budget", "size")
+
+    def __init__(self, budget: int = TEXT_CACHE_CHARS) -> None:
+        self.budget = budget
+        self.size = 0
+        self._chains: OrderedDict[tuple[str, bool], Chain | None] = OrderedDict()
+
+    def get(self, text: str, *, whole: bool = False) -> Chain | None:
+        key = (text, whole)
+        if key in self._chains:
+            self._chains.move_to_end(key)
+            return self._chains[key]
+        chain = _text_chain(text, whole=whole)
+        if len(text) <= TEXT_MAX:
+            self._chains[key] = chain
+            self.size += CACHE_COST * len(text)
+            while self.size > self.budget:
+                (old, _w), _c = self._chains.popitem(last=False)
+                self.size -= CACHE_COST * len(old)
+        return chain
+
+
+def chain_of(obj: Mapping[str, Any], texts: TextChains | None = None) -> Chain | None:
     """The traceback a JSON record carries, if any; of several forms (structured and text), the most complete."""
     best: Chain | None = None
-    for chain in _chains(obj):
+    for chain in _chains(obj, texts or TextChains(0)):
         if best is None or chain.lost < best.lost:
             best = chain
         if best.lost == 0:
@@ -45,12 +76,12 @@ def chain_of(obj: Mapping[str, Any]) -> Chain | None:
     return best
 
 
-def _chains(obj: Mapping[str, Any]) -> Iterator[Chain]:
+def _chains(obj: Mapping[str, Any], texts: TextChains) -> Iterator[Chain]:
     for key in EXC_KEYS:
         value = obj.get(key)
         chain = None
         if isinstance(value, str) and "most recent call last" in value:
-            chain = _text_chain(value, whole=True)
+            chain = texts.get(value, whole=True)
         elif isinstance(value, list) and value and isinstance(value[0], dict) and "exc_type" in value[0]:
             chain = from_dicts(value)
         if chain is not None:
@@ -58,7 +89,7 @@ def _chains(obj: Mapping[str, Any]) -> Iterator[Chain]:
     for key in MSG_KEYS:
         value = obj.get(key)
         if isinstance(value, str) and "most recent call last" in value:
-            chain = _text_chain(value)
+            chain = texts.get(value)
             if chain is not None:
                 yield chain
             return
@@ -104,6 +135,7 @@ class JsonLines:
             sink, stats, mapped=True, max_record_bytes=max_record_bytes, on_record=on_record, cache=cache
         )
         self._failed = False  # a record raised: logged once
+        self._texts = TextChains()
 
     @property
     def pending(self) -> bool:
@@ -135,14 +167,14 @@ class JsonLines:
 
     def _feed_candidates(self, data: bytes, other: list[bytes], other_infos: list[LineInfo]) -> None:
         """Parse only the lines that could hold a traceback (see prefilter); count every line."""
+        n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
         pos, line = 0, self._line
-        for start in json_candidates(data):
+        for start in json_candidates(data, n):
             line += data.count(b"\n", pos, start)
             pos = start
             end = data.find(b"\n", start)
             raw = data[start : len(data) if end < 0 else end]
             self._line_in(raw, LineInfo(line, line, None, self._off + start), other, other_infos)
-        n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
         self._line += n
         self._off += len(data) + (1 if data and not data.endswith(b"\n") else 0)
         self._stats.lines += n
@@ -191,7 +223,7 @@ class JsonLines:
                 return True
         if b"most recent call last" not in raw and b'"exc_type"' not in raw:
             return True
-        chain = chain_of(obj)
+        chain = chain_of(obj, self._texts)
         if chain is not None:
             self._stats.events += 1
             self._sink(Event(info.first, info.last, ts or info.time, logger, chain))

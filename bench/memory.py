@@ -39,16 +39,15 @@ from tests.collectors.bouncer import Bouncer  # noqa: E402
 PASSWORD = "bench-pw-not-secret"
 LOGIN_PASSWORD = "bench-login-not-secret"
 EXPORTER = shutil.which("prometheus-postgres-exporter") or "/usr/bin/prometheus-postgres-exporter"
-OPTIONAL = ("psycopg", "bcrypt", "sqlalchemy", "greenlet")
+OPTIONAL = ("aiohttp", "psycopg", "bcrypt", "sqlalchemy", "greenlet")
 # Where the RSS of a daemon goes before it does anything: each stage imported in order in a fresh interpreter.
 STAGES = (
     "asyncio",
-    "aiohttp",
-    "aiohttp.web",
     "asyncpg",
     "yaml",
     "structlog",
     "prometheus_client",
+    "h11",
     "dbwatch.config",
     "dbwatch.daemon",
     "dbwatch.cli",
@@ -317,7 +316,12 @@ def measure_dbwatch(python: Path, case: Case, env: Env, window: float) -> dict[s
         threads.append(threading.Thread(target=write_logs, args=(work, case.logs, stop), daemon=True))
     if case.hook:
         threads.append(threading.Thread(target=hook_app, args=(run_env.hook_port, stop), daemon=True))
-    penv = {"DATABASE_URL": env.dsn, "LOGIN_PROBE_PASSWORD": LOGIN_PASSWORD, "DBWATCH_STATE_DIR": str(work)}
+    penv = {
+        "DATABASE_URL": env.dsn,
+        "DBWATCH_MONITOR_URL": env.dsn,
+        "LOGIN_PROBE_PASSWORD": LOGIN_PASSWORD,
+        "DBWATCH_STATE_DIR": str(work),
+    }
     with process(argv, penv) as proc:
         for t in threads:
             t.start()

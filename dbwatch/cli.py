@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 # Top-level modules of the `daemon` extra: an app image with only `dbwatch[hook]` lacks them.
-DAEMON_MODULES = frozenset({"aiohttp", "asyncpg", "bcrypt", "prometheus_client", "psycopg", "structlog", "yaml"})
+DAEMON_MODULES = frozenset({"aiohttp", "asyncpg", "bcrypt", "h11", "prometheus_client", "psycopg", "structlog", "yaml"})
 
 
 def _parser() -> argparse.ArgumentParser:

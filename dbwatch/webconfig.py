@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from dbwatch.config import ConfigError, _bool, _Node, _str, read_yaml
+from dbwatch.httpd import Handler, Middleware, Request, Response
 
 __all__ = ["BCRYPT_MAX_BYTES", "HEALTH_PATHS", "AuthResult", "TLSConfig", "TLSReloader", "WebConfig", "load"]
 
@@ -127,7 +126,7 @@ class WebConfig:
         return TLSReloader(self.tls, ctx) if self.tls is not None and ctx is not None else None
 
     def middleware(self, on_busy: Callable[[], None] | None = None) -> Middleware:
-        """aiohttp middleware enforcing basic auth and a verified client certificate, and adding headers.
+        """Middleware enforcing basic auth and a verified client certificate, and adding headers.
 
         A request whose credentials are not cached and find the bcrypt queue full gets 429 at once (`on_busy`
         is called, for counting).
@@ -137,13 +136,12 @@ class WebConfig:
         open_health = self.open_health_endpoints
         headers = self.headers
 
-        @web.middleware
-        async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async def guard(request: Request, handler: Handler) -> Response:
             if not (open_health and request.path in HEALTH_PATHS):
-                if need_cert and not _peer_cert(request):
+                if need_cert and not request.peer_cert:
                     return _unauthorized(headers, basic=False)
                 if checker.enabled:
-                    result = await checker.check(request.headers.get("Authorization", ""))
+                    result = await checker.check(request.header("Authorization"))
                     if result is AuthResult.BUSY:
                         if on_busy is not None:
                             on_busy()
@@ -151,8 +149,7 @@ class WebConfig:
                     if result is AuthResult.DENIED:
                         return _unauthorized(headers, basic=True)
             resp = await handler(request)
-            for k, v in headers:
-                resp.headers[k] = v
+            resp.headers.extend(headers)
             return resp
 
         return guard
@@ -213,25 +210,17 @@ class TLSReloader:
             self.check()
 
 
-def _peer_cert(request: web.Request) -> bool:
-    transport = request.transport
-    return bool(transport is not None and transport.get_extra_info("peercert"))
-
-
-def _busy(headers: tuple[tuple[str, str], ...]) -> web.Response:
-    resp = web.Response(status=429, text="Too many authentication attempts in progress\n")
-    resp.headers["Retry-After"] = "1"
-    for k, v in headers:
-        resp.headers[k] = v
+def _busy(headers: tuple[tuple[str, str], ...]) -> Response:
+    resp = Response.text(429, "Too many authentication attempts in progress\n")
+    resp.headers += [("Retry-After", "1"), *headers]
     return resp
 
 
-def _unauthorized(headers: tuple[tuple[str, str], ...], *, basic: bool) -> web.Response:
-    resp = web.Response(status=401, text=_UNAUTHORIZED_BODY)
+def _unauthorized(headers: tuple[tuple[str, str], ...], *, basic: bool) -> Response:
+    resp = Response.text(401, _UNAUTHORIZED_BODY)
     if basic:
-        resp.headers["WWW-Authenticate"] = 'Basic realm="dbwatch"'
-    for k, v in headers:
-        resp.headers[k] = v
+        resp.headers.append(("WWW-Authenticate", 'Basic realm="dbwatch"'))
+    resp.headers.extend(headers)
     return resp
 
 

@@ -1,4 +1,5 @@
-"""A feature's libraries are imported only when the config uses it: psycopg for pgbouncer, bcrypt for basic auth."""
+"""A feature's libraries are imported only when the config uses it: psycopg for pgbouncer, bcrypt for basic auth,
+aiohttp (its client) for a login probe."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ async def main():
 asyncio.run(main())
 print(json.dumps(sorted({n.partition(".")[0] for n in sys.modules})))
 """
-OPTIONAL = {"psycopg", "bcrypt", "sqlalchemy"}
+OPTIONAL = {"psycopg", "bcrypt", "sqlalchemy", "aiohttp"}
 
 
 def _loaded(raw: dict[str, Any], *extra: str) -> set[str]:
@@ -64,7 +65,7 @@ def _target(pg: Any) -> dict[str, Any]:
 
 
 def test_plain_config_imports_no_optional_library(pg, tmp_path: Path) -> None:
-    """A postgres target with its collectors, a log source and the hook: no psycopg, bcrypt or SQLAlchemy."""
+    """A postgres target with its collectors, a log source and the hook: no psycopg, bcrypt, SQLAlchemy or aiohttp."""
     (tmp_path / "app.log").write_text("hello\n")
     raw = {
         "targets": [_target(pg)],
@@ -79,6 +80,13 @@ def test_pgbouncer_target_imports_psycopg(pg) -> None:
     bouncer = {"name": "bouncer", "kind": "pgbouncer", "dsn": f"postgresql://u:p@127.0.0.1:{free_port()}/pgbouncer"}
     raw = {"targets": [_target(pg), {**bouncer, "interval": 0.5, "timeout": 0.5}]}
     assert _loaded(raw) == {"psycopg"}
+
+
+def test_login_probe_imports_aiohttp(pg) -> None:
+    """An http_login target (refused here: the import happens at its first run) loads aiohttp, nothing else."""
+    login = {"name": "login", "kind": "http_login", "url": f"http://127.0.0.1:{free_port()}/login"}
+    raw = {"targets": [_target(pg), {**login, "interval": 0.5, "timeout": 0.5}]}
+    assert _loaded(raw) == {"aiohttp"}
 
 
 @pytest.mark.parametrize("users", [False, True])

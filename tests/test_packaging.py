@@ -14,7 +14,17 @@ import pytest
 from tests.helpers import REPO
 
 # The `daemon` extra's distributions: none may reach an app's image through the hook.
-DAEMON_DISTS = {"aiohttp", "asyncpg", "psycopg", "psycopg-binary", "bcrypt", "prometheus-client", "structlog", "pyyaml"}
+DAEMON_DISTS = {
+    "aiohttp",
+    "h11",
+    "asyncpg",
+    "psycopg",
+    "psycopg-binary",
+    "bcrypt",
+    "prometheus-client",
+    "structlog",
+    "pyyaml",
+}
 
 # Runs inside the hook-only venv: a real sqlite engine, instrumented, reporting to a UDP socket the script holds.
 APP = r"""
@@ -77,7 +87,7 @@ def test_hook_extra_installs_without_daemon_dependencies(tmp_path: Path) -> None
     assert not dists & DAEMON_DISTS, dists
     assert got["instrumented"] is True
     assert got["checkouts"] == 3
-    daemon_modules = {"aiohttp", "asyncpg", "psycopg", "bcrypt", "prometheus_client", "structlog", "yaml"}
+    daemon_modules = {"aiohttp", "h11", "asyncpg", "psycopg", "bcrypt", "prometheus_client", "structlog", "yaml"}
     assert not {m.partition(".")[0] for m in got["modules"]} & daemon_modules
 
     # The console script is there too: the offline scan works, the daemon's commands say what to install.

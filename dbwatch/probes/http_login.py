@@ -19,8 +19,6 @@ from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any, Final
 
-import aiohttp
-
 from dbwatch.config import LoginCheck, Target
 from dbwatch.errors import Reason, classify
 
@@ -64,6 +62,8 @@ def classify_login(exc: BaseException) -> LoginReason:
     """Map an exception raised by a login probe to a LoginReason."""
     if isinstance(exc, LoginFailed):
         return exc.reason
+    import aiohttp  # noqa: PLC0415 - loaded by the probe's first run already; only http_login targets pay for it
+
     if isinstance(exc, aiohttp.ClientSSLError):
         return LoginReason.TLS
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -160,6 +160,8 @@ class HttpLoginProbe:
 
 
 async def _probe(check: LoginCheck, ctx: _TimedContext | None, timeout: float) -> dict[str, float]:
+    import aiohttp  # noqa: PLC0415 - aiohttp's client (~14 MiB of RSS) only where a login probe is configured
+
     marks: dict[str, float] = {}
 
     async def on_conn_start(session: Any, tctx: SimpleNamespace, params: Any) -> None:

@@ -14,7 +14,7 @@ import time
 
 from tests.faults.harness import DaemonProcess
 
-# README: "shutdown completes within 10 s" (aiohttp's 5 s for in-flight requests, then the cleanup steps).
+# README: "shutdown completes within 10 s" (5 s for requests in flight, then the cleanup steps).
 SHUTDOWN_SECONDS = 10.0
 SOURCES = 16  # tailers on the same directory: each stop is a chance to lose the cancellation
 

@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dbwatch.logs.classify import AppRules  # noqa: E402 - after the path is set
-from dbwatch.logs.counter import ExceptionCounter  # noqa: E402
 from dbwatch.logs.formats import ParseCache, Splitter  # noqa: E402
 from dbwatch.logs.record import Stats  # noqa: E402
-from dbwatch.logs.tailer import FEED_BYTES  # noqa: E402
+from dbwatch.logs.sinks import ExceptionCounter  # noqa: E402
+from dbwatch.logs.source import FEED_BYTES  # noqa: E402
 from dbwatch.store import Store  # noqa: E402
 
 MIB = 1 << 20

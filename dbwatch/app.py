@@ -14,7 +14,7 @@ from dbwatch import metrics as m
 from dbwatch.collectors.job import collector_jobs
 from dbwatch.config import Config, Target
 from dbwatch.ingest import running_ingest
-from dbwatch.logs.tailer import LogWatcher
+from dbwatch.logs.source import LogWatcher
 from dbwatch.monconn import Monitors
 from dbwatch.probes import ProbeJob
 from dbwatch.probes.own_sessions import OwnSessions

@@ -22,7 +22,7 @@ from dbwatch import metrics as m
 from dbwatch.config import AccessConfig, ConfigError, access_config
 from dbwatch.labels import OTHER, UNMATCHED
 from dbwatch.labels import route as normalize_route
-from dbwatch.logs.access import AccessLog
+from dbwatch.logs.sinks import AccessLog
 from dbwatch.pgcluster import free_port
 from dbwatch.store import Store
 from tests.helpers import REPO, stop_process

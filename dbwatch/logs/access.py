@@ -1,6 +1,7 @@
-"""Access-log latency: parse one access record, normalise its route, observe the request duration.
+"""Access-log parsing: one access record in, its request (method, path, status, duration) out; pure.
 
-Pure parsing, fed by the log tailer one assembled record at a time (`AccessLog.feed`). Three shapes:
+The source hands each assembled record to its access sink (`dbwatch.logs.sinks.AccessLog`), which parses it here
+and records the request. Three shapes:
 gunicorn lines (`access_log_format` with `%(D)s` µs, `%(M)s` ms, `%(L)s` s or `%(T)s` s), JSON records (structlog
 or similar; field names configurable, common names tried otherwise) and nginx / ingress-nginx lines
 (`$request_time`, `$upstream_response_time`). Label values are bounded and made by `dbwatch.labels`, as the in-app
@@ -17,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dbwatch import labels
-from dbwatch import metrics as m
 from dbwatch.config import AccessConfig
-from dbwatch.store import Store
 
 __all__ = [
     "GUNICORN_DEFAULT",
     "INGRESS_NGINX_DEFAULT",
-    "AccessLog",
+    "AccessParser",
+    "BadValue",
     "Request",
     "compile_gunicorn",
     "compile_nginx",
@@ -219,42 +219,21 @@ def _number(value: Any) -> float | None:
     return None
 
 
-class _BadValue(ValueError):
+class BadValue(ValueError):
     """The record has the shape of an access record but a value that cannot be right."""
 
 
-class AccessLog:
-    """One log source's access-log latency: `feed()` each record; observations go to the store."""
+class AccessParser:
+    """Parses one source's access records with its `access:` config; holds compiled patterns only."""
 
-    def __init__(self, source: str, config: AccessConfig, store: Store) -> None:
-        self._source = source
+    def __init__(self, config: AccessConfig) -> None:
         self._cfg = config
-        self._store = store
         self._gunicorn, self._gunicorn_unit = compile_gunicorn(config.gunicorn_format or GUNICORN_DEFAULT)
         self._nginx = compile_nginx(config.nginx_format or INGRESS_NGINX_DEFAULT)
         self._templates = [(t, _template_regex(t)) for t in config.routes]
-        self._routes = labels.Capper(config.max_routes)
-        for result in ("observed", "unmatched", "bad_value"):
-            store.inc(m.HTTP_ACCESS_RECORDS, (source, result), 0)
-
-    def feed(self, text: str, fields: Mapping[str, Any] | None) -> bool:
-        """Observe one record's request duration; False when the record is not an access record."""
-        try:
-            req = self.parse(text, fields)
-        except _BadValue:
-            self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "bad_value"))
-            return False
-        if req is None:
-            self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "unmatched"))
-            return False
-        route, method = self.route(req), labels.method(req.method)
-        self._store.observe(m.HTTP_REQUEST_DURATION, (self._source, route, method), req.seconds)
-        self._store.inc(m.HTTP_REQUESTS, (self._source, route, method, labels.status_class(req.status)))
-        self._store.inc(m.HTTP_ACCESS_RECORDS, (self._source, "observed"))
-        return True
 
     def parse(self, text: str, fields: Mapping[str, Any] | None) -> Request | None:
-        """The request in one record, None if it is not an access record; raises _BadValue on absurd values."""
+        """The request in one record, None if it is not an access record; raises BadValue on absurd values."""
         fmt = self._cfg.format
         if fields is not None and fmt in ("auto", "json"):
             req = self._from_fields(fields)
@@ -269,17 +248,12 @@ class AccessLog:
                 return req
         return self._from_nginx(line)
 
-    def route(self, req: Request) -> str:
-        """The capped route label of a configured template, the app's logged template, or the path.
-
-        A 404 the app logged as a path (not a template) takes no new slot: a scanner's paths are `unmatched`.
-        """
+    def route(self, req: Request) -> tuple[str, bool]:
+        """The normalised route of a request, and whether it is a template (configured, or logged by the app)
+        rather than a raw path."""
         path = req.path.split("?", 1)[0]
         template = next((t for t, rx in self._templates if rx.match(path)), None)
-        route = labels.route(template if template is not None else path)
-        if template is None and not req.templated and req.status == 404 and route not in self._routes:
-            return labels.UNMATCHED
-        return self._routes(route)
+        return labels.route(template if template is not None else path), template is not None or req.templated
 
     def _from_fields(self, fields: Mapping[str, Any]) -> Request | None:
         cfg = self._cfg
@@ -303,7 +277,7 @@ class AccessLog:
         seconds = _number(draw)
         code = _number(status)
         if seconds is None or code is None:
-            raise _BadValue(dname)
+            raise BadValue(dname)
         unit = _UNIT[cfg.duration_unit] if cfg.duration_unit else _unit_from_name(dname)
         if isinstance(draw, str) and draw.strip().endswith("ms") and not cfg.duration_unit:
             unit = 1e-3
@@ -350,15 +324,15 @@ class AccessLog:
             if seconds is None and g.get("upstream_response_time"):
                 seconds = _upstream_seconds(g["upstream_response_time"])
         except ValueError:
-            raise _BadValue("request_time") from None
+            raise BadValue("request_time") from None
         if seconds is None:
-            raise _BadValue("request_time")
+            raise BadValue("request_time")
         return _checked(method, path, float(g["status"]), seconds, False)
 
 
 def _checked(method: str, path: str, status: float, seconds: float, templated: bool) -> Request:
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        raise _BadValue("duration")
+        raise BadValue("duration")
     if not 100 <= status <= 599:
-        raise _BadValue("status")
+        raise BadValue("status")
     return Request(method.upper(), path, int(status), seconds, templated)

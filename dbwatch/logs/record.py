@@ -67,7 +67,7 @@ class LineInfo:
 
 @dataclass(slots=True)
 class Stats:
-    """Counts of one file's parse; the tailer turns their growth into counter increments."""
+    """Counts of one file's parse; the source turns their growth into counter increments."""
 
     lines: int = 0
     bytes: int = 0

@@ -22,8 +22,9 @@ from structlog.testing import capture_logs
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
 from dbwatch.logs.formats import Splitter
+from dbwatch.logs.positions import Positions
 from dbwatch.logs.record import Event, Stats
-from dbwatch.logs.tailer import Positions, SourceTailer
+from dbwatch.logs.source import SourceTailer
 from dbwatch.logs.traceback import MAX_GROUP_DEPTH
 from dbwatch.store import Store
 from tests.faults.harness import DaemonProcess, rss_bytes

@@ -22,7 +22,7 @@ from dbwatch import metrics as m
 from dbwatch.config import from_mapping
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.record import Event, Stats
-from dbwatch.logs.tailer import SourceTailer
+from dbwatch.logs.source import SourceTailer
 from dbwatch.store import Store
 from tests.helpers import REPO
 
@@ -162,7 +162,7 @@ async def test_file_deleted_while_read_and_a_thousand_rotating_files(tmp_path: P
     tracemalloc.start()
     try:
         task = asyncio.create_task(tailer.cycle())
-        while not any(f.path == str(big) and f.offset > 0 for f in tailer._files.values()):  # noqa: ASYNC110
+        while not any(f.path == str(big) and f.offset > 0 for f in tailer.follower.files.values()):  # noqa: ASYNC110
             await asyncio.sleep(0)  # one loop turn at a time: the point is to delete it between two reads
         big.unlink()  # deleted while being read: the open descriptor still reads it to the end
         await task

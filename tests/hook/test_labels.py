@@ -26,11 +26,10 @@ from dbwatch import labels
 from dbwatch import metrics as m
 from dbwatch.config import AccessConfig
 from dbwatch.hook import DbwatchASGIMiddleware, instrument
-from dbwatch.logs.access import AccessLog
 from dbwatch.logs.classify import AppRules
-from dbwatch.logs.counter import ExceptionCounter
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.record import Stats
+from dbwatch.logs.sinks import AccessLog, ExceptionCounter
 from dbwatch.store import Store
 from tests.apps.asgi_login import AccessLog as AccessLogMiddleware
 from tests.helpers import eventually

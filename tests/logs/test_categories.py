@@ -17,11 +17,11 @@ import structlog
 
 from dbwatch import metrics as m
 from dbwatch.logs.classify import AppRules, Category, classify_event
-from dbwatch.logs.counter import ExceptionCounter
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.formats.structlog_json import chain_of
 from dbwatch.logs.record import Stats
 from dbwatch.logs.scan import scan_file
+from dbwatch.logs.sinks import ExceptionCounter
 from dbwatch.logs.traceback import parse
 from dbwatch.pgcluster import free_port
 from dbwatch.store import Store

@@ -17,10 +17,10 @@ import pytest
 
 from dbwatch import metrics as m
 from dbwatch.logs.classify import AppRules
-from dbwatch.logs.counter import ExceptionCounter
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.record import Stats
 from dbwatch.logs.scan import scan_file, to_text, write_json
+from dbwatch.logs.sinks import ExceptionCounter
 from dbwatch.store import Store
 
 LOGIN = """\

@@ -18,10 +18,10 @@ import pytest
 
 from dbwatch import metrics as m
 from dbwatch.logs.classify import AppRules
-from dbwatch.logs.counter import ExceptionCounter
 from dbwatch.logs.formats import Splitter
 from dbwatch.logs.record import Stats
 from dbwatch.logs.scan import scan_file
+from dbwatch.logs.sinks import ExceptionCounter
 from dbwatch.store import Store
 from tests.conftest import PG
 from tests.logs import orm_corpus, ormapp

@@ -16,7 +16,7 @@ import pytest
 
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
-from dbwatch.logs.tailer import SourceTailer
+from dbwatch.logs.source import SourceTailer
 from dbwatch.store import Store
 from tests.helpers import eventually, running, sample
 from tests.logs import corpus, wrap

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
-from dbwatch.logs.tailer import Positions, SourceTailer
+from dbwatch.logs.positions import Positions
+from dbwatch.logs.source import SourceTailer
 from dbwatch.store import Store
 from tests.faults.test_log_input import TB
 from tests.helpers import REPO, eventually
@@ -40,10 +41,10 @@ async def test_cancel_in_the_turn_the_wakeup_lands_stops_the_tailer(tmp_path: Pa
     path.write_bytes(LINE)
     tailer, _store = _tailer(path)
     task = asyncio.create_task(tailer.run())
-    await eventually(lambda: tailer.cycles >= 1 and tailer._inotify is not None)
+    await eventually(lambda: tailer.cycles >= 1 and tailer.follower.inotify is not None)
     await asyncio.sleep(0.05)  # the first cycle is done: the task waits for a change
-    assert tailer._inotify is not None
-    tailer._inotify.changed.set()
+    assert tailer.follower.inotify is not None
+    tailer.follower.inotify.changed.set()
     for _ in range(turns):
         await asyncio.sleep(0)
     task.cancel()
@@ -54,7 +55,7 @@ async def test_cancel_in_the_turn_the_wakeup_lands_stops_the_tailer(tmp_path: Pa
 # Saves positions with the file-size limit set: the kernel makes the write short, then refuses the rest (EFBIG).
 _SHORT_WRITE = """
 import resource, signal, sys
-from dbwatch.logs.tailer import Positions
+from dbwatch.logs.positions import Positions
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 entry = {"dev": 1, "offset": 10, "line": 2, "fp": "0a", "format": "plain"}
 entries = [{"path": "/var/log/app-%d.log" % i, "ino": i, **entry} for i in range(100)]

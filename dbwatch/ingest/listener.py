@@ -16,6 +16,7 @@ from dbwatch.config import HookConfig
 from dbwatch.hook import wire
 from dbwatch.ingest.aggregate import Ingest
 from dbwatch.store import Store
+from dbwatch.tasks import Tasks
 
 __all__ = ["running_ingest"]
 
@@ -77,13 +78,12 @@ async def running_ingest(config: HookConfig, store: Store) -> AsyncIterator[tupl
             await asyncio.sleep(min(5.0, config.worker_expiry / 4))
             ingest.expire()
 
-    task = asyncio.create_task(expire_loop(), name="hook:expire")
+    tasks = Tasks()
+    tasks.start(expire_loop(), name="hook:expire")
     try:
         yield ingest, bound
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop()
         transport.close()
         if addr.is_unix:
             with contextlib.suppress(OSError):

@@ -95,6 +95,22 @@ def test_sniff_tells_the_formats_apart(log_corpus: dict[str, Path]) -> None:
         assert sniff(log_corpus[name].read_bytes()[:65536]) == fmt
 
 
+@pytest.mark.parametrize("name", ["plain", "json", "dict", "cri", "docker"])
+def test_sniffed_format_read_with_the_prefilter_finds_what_the_full_parse_finds(
+    log_corpus: dict[str, Path], name: str
+) -> None:
+    """`scan` with `--format auto` (sniffed from the first lines, then read through its prefilter) gives the events
+    and line count of the named format's full parse."""
+    fmt = "json" if name == "dict" else name
+    full, stats, _ = _events(log_corpus[name], fmt)
+    rep = scan_file(log_corpus[name])
+    assert rep.format == fmt
+    assert [(e.first_line, e.last_line, e.timestamp, e.logger) for e, _c in rep.events] == [
+        (e.first_line, e.last_line, e.timestamp, e.logger) for e in full
+    ]
+    assert rep.stats.lines == stats.lines
+
+
 def test_scan_file_reports_the_format_and_counts(log_corpus: dict[str, Path]) -> None:
     rep = scan_file(log_corpus["cri"])
     assert rep.format == "cri"

@@ -73,6 +73,7 @@ def _container(
             on_record=hook,
             start_line=line,
             cache=caps.cache,
+            prefilter=caps.prefilter,
         )
 
     return make

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
-from dbwatch.logs.formats.plain import ParseCache
+from dbwatch.logs.formats.plain import BACK_LINES, ParseCache, is_record_start
 from dbwatch.logs.formats.structlog_json import JsonLines
 from dbwatch.logs.record import LineInfo, RecordHook, Sink, Stats
 
-__all__ = ["StreamJoiner"]
+__all__ = ["ContainerLines", "StreamJoiner"]
+
+BATCH_LINES: Final = 16  # lines parsed after a hit or a waited line before looking again
 
 
 @dataclass(slots=True)
@@ -121,6 +124,10 @@ class StreamJoiner:
     def pending(self) -> bool:
         return any(st.parts or st.inner.pending for st in self._streams.values())
 
+    def open_streams(self) -> list[str]:
+        """The streams with a split line or an unfinished record: each waits for its own next line."""
+        return [name for name, st in self._streams.items() if st.parts or st.truncated or st.inner.pending]
+
 
 class ContainerLines:
     """Shared state of the container formats (CRI, docker): line counter, offset, and the per-stream joiner."""
@@ -137,10 +144,13 @@ class ContainerLines:
         on_record: RecordHook | None = None,
         start_line: int = 1,
         cache: ParseCache | None = None,
+        prefilter: bool = False,
     ) -> None:
         self._stats = stats
         self._line = start_line
         self._off = 0
+        self._prefilter = prefilter and on_record is None
+        self._held = b""  # lines read but not yet parsed nor counted: what a hit in the next read may look back on
         self._join = StreamJoiner(
             sink,
             stats,
@@ -152,7 +162,138 @@ class ContainerLines:
 
     @property
     def pending(self) -> bool:
-        return self._join.pending
+        return self._join.pending or bool(self._held)
 
     def hold(self) -> tuple[int, int] | None:
-        return self._join.hold()
+        h = self._join.hold()
+        if self._held and (h is None or (self._off, self._line) < h):
+            return self._off, self._line
+        return h
+
+    def feed(self, data: bytes, infos: list[LineInfo] | None = None, *, final: bool = False) -> None:
+        """Complete physical lines; with the prefilter, only the lines near a hit are parsed (see `_fast`)."""
+        if not self._prefilter:
+            self._parse(data)
+            self._join.push(final=final)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._fast(data, final)
+
+    def flush(self) -> None:
+        self.feed(b"", final=True)
+
+    def _parse(self, data: bytes) -> None:
+        """Every physical line of `data` to the joiner (counted)."""
+        raise NotImplementedError
+
+    def _hits(self, data: bytes) -> list[int] | None:
+        """Line starts that must be parsed (a marker, a split line), or None when every line must be."""
+        raise NotImplementedError
+
+    def _line_of(self, raw: bytes) -> tuple[str, bytes, bool] | None:
+        """One physical line: (stream, text, whether it ends its line), or None if it is not a record."""
+        raise NotImplementedError
+
+    def _needle(self, stream: str) -> bytes | None:
+        """Bytes every line of `stream` holds, at the place `_at` checks, or None when its lines cannot be found so."""
+        raise NotImplementedError
+
+    def _fast(self, data: bytes, final: bool) -> None:
+        """Parse the lines around each hit and those an open record waits for; count the rest.
+
+        A line far from every hit changes nothing the full parse reports: it holds no marker, so it starts no event;
+        it is not split (split lines are hits); and no open record waits for it (each open stream's next line is
+        parsed). Above a hit, parsing starts at the nearest line of its stream that starts a record (the scanner's
+        look-back for a traceback's message line stops there), else BACK_LINES physical lines up (it looks no
+        further). Lines that are not records are counted as unmatched only among the lines parsed."""
+        end = len(data)
+        hits = self._hits(data)
+        if hits is None:
+            self._parse(data)
+            self._join.push(final=final)
+            return
+        pos, k = 0, 0
+        while pos < end:
+            while k < len(hits) and hits[k] < pos:
+                k += 1
+            wake = hits[k] if k < len(hits) else end
+            if self._join.pending:
+                wake = min(wake, self._waited(data, pos, wake))
+            if wake >= end:
+                break
+            # parse from the earliest place a hit near here looks back to (hits beyond BACK_LINES cannot)
+            start, j = wake, k
+            while j < len(hits) and data.count(b"\n", start, hits[j]) <= BACK_LINES:
+                start = min(start, self._window_start(data, hits[j], pos))
+                j += 1
+            self._skip(data, pos, start)
+            stop = wake
+            for _ in range(BATCH_LINES):
+                stop = data.find(b"\n", stop, end) + 1 or end
+                if stop >= end:
+                    break
+            self._parse(data[start:stop])
+            self._join.push()
+            pos = stop
+        keep = end
+        if not final:  # the last lines wait for the next read: a hit there may look back on them
+            for _ in range(BACK_LINES):
+                if keep <= pos:
+                    break
+                keep = data.rfind(b"\n", 0, keep - 1) + 1
+            keep = max(keep, pos)
+        self._skip(data, pos, keep)
+        self._held = data[keep:]
+        self._join.push(final=final)
+
+    def _skip(self, data: bytes, start: int, stop: int) -> None:
+        """Lines counted, not parsed."""
+        if stop > start:
+            n = data.count(b"\n", start, stop)
+            self._line += n
+            self._off += stop - start
+            self._stats.lines += n
+
+    def _window_start(self, data: bytes, hit: int, pos: int) -> int:
+        """Where parsing starts for a hit: see `_fast`."""
+        line = self._line_of(data[hit : data.find(b"\n", hit)])
+        stream = line[0] if line is not None else None
+        w = hit
+        for _ in range(BACK_LINES):
+            if w <= pos:
+                return pos
+            prev = data.rfind(b"\n", 0, w - 1) + 1
+            above = self._line_of(data[prev : w - 1]) if self._may_start(data, prev) else None
+            if (
+                stream is not None
+                and above is not None
+                and above[0] == stream
+                and above[2]
+                and is_record_start(above[1].decode("utf-8", "replace").rstrip("\r"))
+            ):
+                return prev
+            w = prev
+        return max(w, pos)
+
+    def _may_start(self, data: bytes, ls: int) -> bool:
+        """False for a line whose text cannot start a record (a cheap look at its bytes)."""
+        return True
+
+    def _waited(self, data: bytes, pos: int, limit: int) -> int:
+        """The first line in [pos, limit) of a stream whose record or split line is open (limit if none)."""
+        best = limit
+        for stream in self._join.open_streams():
+            needle = self._needle(stream)
+            if needle is None:
+                return pos
+            i = data.find(needle, pos, best)
+            while i >= 0:
+                ls = data.rfind(b"\n", 0, i) + 1
+                le = data.find(b"\n", i)
+                line = self._line_of(data[ls : len(data) if le < 0 else le])
+                if line is not None and line[0] == stream:
+                    best = ls
+                    break
+                i = -1 if le < 0 else data.find(needle, le, best)
+        return best

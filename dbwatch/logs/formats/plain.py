@@ -265,8 +265,12 @@ class PlainScanner:
                 if ls < max(floor, pos) or head not in (_TB_B, _GROUP_B):
                     pos = nl + 1  # not a header line after all (text before the words)
                     continue
-                rs, headless = self._record_start(buf, ls, floor)
+                idx = cur_idx + buf.count(b"\n", cur_off, ls) if self._mapped else 0
+                rs, headless = self._record_start(buf, ls, floor, idx)
                 known = None if headless else self._known(buf, ls, end)
+                if known is None and not final and not headless and self._known_so_far(buf, ls, end):
+                    pending_from, pos = rs, ls  # may be a known text still arriving: decide with the next lines
+                    break
                 if known is not None:  # the same traceback text as before, ending at the same place
                     chain, p, last_off = known
                     cur_idx, cur_off = self._count(buf, cur_off, cur_idx, rs, last_off, chain, False)
@@ -375,6 +379,12 @@ class PlainScanner:
                 return chain, stop, ls + last_rel
         return None
 
+    def _known_so_far(self, buf: bytearray, ls: int, end: int) -> bool:
+        """The text from the header to the end of the buffer begins a traceback seen before (its end not read yet)."""
+        n = end - ls
+        entries = self._cache.get(bytes(buf[ls : min(ls + BLOCK_KEY, end)]))
+        return any(n <= len(block) and block.startswith(buf[ls:end]) for block, *_ in entries)
+
     def _remember(self, buf: bytearray, rec: _Rec, chain: Chain | None) -> None:
         """Keep a finished traceback's text, its chain and the reader's state before the line that ended it."""
         ls, stop = rec.ls, rec.p
@@ -389,16 +399,25 @@ class PlainScanner:
             p = q + 1
         self._cache.put(key, (bytes(buf[ls:stop]), state, chain, rec.last_off - ls))
 
-    def _record_start(self, buf: bytearray, ls: int, floor: int) -> tuple[int, bool]:
-        """The record's first line above a header (a record-start line within BACK_LINES, else the header itself),
-        and whether a chain separator lies between them (the chain opens with a cause that has no traceback)."""
+    def _record_start(self, buf: bytearray, ls: int, floor: int, idx: int) -> tuple[int, bool]:
+        """The record's first line above a header (a record-start line within BACK_LINES lines and CONTEXT_BYTES,
+        and for inner lines of a container file within BACK_LINES physical lines; else the header itself), and
+        whether a chain separator lies between them (the chain opens with a cause that has no traceback).
+
+        Bounded in bytes (what is kept across reads), so the result never depends on where reads were cut, and in
+        physical lines, so a reader that skips lines far from any traceback (`scan`) finds the same line."""
+        infos = self._infos if self._mapped and idx < len(self._infos) else None
+        reach = infos[idx].last - BACK_LINES if infos is not None else 0  # first physical line within reach
         p = ls
         blank = sep = False
         for _ in range(BACK_LINES):
             if p <= floor or p == 0:
                 break
             prev = buf.rfind(b"\n", 0, p - 1) + 1
-            if prev < floor:
+            idx -= 1
+            if prev < floor or ls - prev > CONTEXT_BYTES:
+                break
+            if infos is not None and (idx < 0 or infos[idx].first < reach):
                 break
             line = _decode(buf[prev : p - 1])
             if not line.strip():

@@ -12,6 +12,7 @@ from dbwatch.logs.record import LineInfo, RecordHook, Sink, Stats
 __all__ = ["ContainerLines", "StreamJoiner"]
 
 BATCH_LINES: Final = 16  # lines parsed after a hit or a waited line before looking again
+HOLD_BYTES: Final = 256 * 1024  # the most a reader holds unparsed for the next read's look-back
 
 
 @dataclass(slots=True)
@@ -244,7 +245,10 @@ class ContainerLines:
                 keep = data.rfind(b"\n", 0, keep - 1) + 1
             keep = max(keep, pos)
         self._skip(data, pos, keep)
-        self._held = data[keep:]
+        if end - keep > HOLD_BYTES:  # long lines: parse them now rather than hold them (memory stays bounded)
+            self._parse(data[keep:])
+        else:
+            self._held = data[keep:]
         self._join.push(final=final)
 
     def _skip(self, data: bytes, start: int, stop: int) -> None:

@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cut every alert's for: to at most DURATION (e.g. 1s) in what is written, so an end-to-end test fires "
         "alerts in seconds; the shipped files are never changed. For tests only",
     )
+    rules.add_argument(
+        "--runbook-url",
+        metavar="URL",
+        help="absolute URL of the runbook page: every alert written (generated and --include) gets "
+        "runbook_url: URL#<alertname in lower case> (default: dbwatch's README on GitHub, whose '#### <Alert>' "
+        "sections are the runbook; point it at your copy or wiki)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -136,10 +143,12 @@ def _load(path: str, listen: str | None = None) -> Config:
     return config
 
 
-def _rules(path: str, out: str | None, check: bool, includes: list[Path], max_for_text: str | None) -> int:
+def _rules(args: argparse.Namespace) -> int:
     from dbwatch import rules
     from dbwatch.config import ConfigError, parse_duration
 
+    path, out, check, includes, max_for_text = args.config, args.out, args.check, args.include, args.max_for
+    runbook_url = rules.runbook_base(args.runbook_url) if args.runbook_url else rules.DEFAULT_RUNBOOK_URL
     config = _load(path)
     if not config.slos:
         raise ConfigError(f"{path}: no slos: to generate rules from")
@@ -156,10 +165,13 @@ def _rules(path: str, out: str | None, check: bool, includes: list[Path], max_fo
             raise ConfigError("--check needs --out DIR")
         if includes:
             raise ConfigError("--include needs --out DIR")
-        groups = rules.slo_groups(config)
-        sys.stdout.write(rules.render({"groups": rules.cap_for(groups, max_for) if max_for else groups}, path))
+        groups = rules.slo_groups(config, runbook_url)
+        doc = {"groups": rules.cap_for(groups, max_for) if max_for else groups}
+        sys.stdout.write(rules.render(doc, path, runbook_url))
         return EXIT_OK
-    stale = rules.write(config, path, Path(out), check=check, max_for=max_for, includes=tuple(includes))
+    stale = rules.write(
+        config, path, Path(out), check=check, max_for=max_for, includes=tuple(includes), runbook_url=runbook_url
+    )
     for p in stale:
         sys.stdout.write(f"{'out of date' if check else 'wrote'}: {p}\n")
     if check and stale:
@@ -224,7 +236,7 @@ def _command(args: argparse.Namespace) -> int:
             asyncio.run(serve(config, web_config=web_config))
             return EXIT_OK
         if args.command == "rules":
-            return _rules(args.config, args.out, args.check, args.include, args.max_for)
+            return _rules(args)
         if args.command == "demo":
             from dbwatch.demo import run_demo
 

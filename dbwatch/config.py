@@ -296,7 +296,28 @@ class Config:
             ],
             **({"hook": _hook_redacted(self.hook)} if self.hook else {}),
             **({"logs": _logs_redacted(self.logs)} if self.logs.sources else {}),
+            **({"slos": [_slo_redacted(s) for s in self.slos]} if self.slos else {}),
         }
+
+
+def _slo_redacted(s: SLO) -> dict[str, Any]:
+    """An SLO as it was read, keys as in the YAML (`from`, `source`), durations in seconds."""
+    return {
+        "name": s.name,
+        "sli": s.sli,
+        "from": s.source,
+        **{k: v for k, v in (("source", s.log_source), ("route", s.route), ("method", s.method)) if v is not None},
+        "objective": s.objective,
+        **({"threshold": s.threshold} if s.threshold is not None else {}),
+        **({"target": s.target} if s.target else {}),
+        "period": s.period,
+        "min_events": s.min_events,
+        "windows": [
+            {"long": w.long, "short": w.short, "burn_rate": w.burn_rate, "severity": w.severity, "for": w.for_}
+            for w in s.windows
+        ],
+        **({"description": s.description} if s.description else {}),
+    }
 
 
 def _logs_redacted(c: LogsConfig) -> dict[str, Any]:
@@ -1234,6 +1255,9 @@ def from_mapping(raw: object) -> Config:
     for i, src in enumerate(logs.sources):
         if src.target is not None and src.target not in by_name:
             raise ConfigError(f"logs.sources[{i}].target: no target named {src.target!r}")
+    from dbwatch.rules import check_slos  # noqa: PLC0415 - dbwatch.rules imports this module
+
+    check_slos(slos, logs.sources, hook is not None)
     node.done()
     return Config(
         listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs, max_series=max_series

@@ -60,6 +60,12 @@ PROBE_FAILURES = MetricSpec(
     "Failed probes by classified reason.",
     ("target", "reason"),
 )
+PROBE_HTTP_STATUS = MetricSpec(
+    "dbwatch_probe_http_status",
+    MetricType.GAUGE,
+    "HTTP status code of the login probe's last response (0: no response arrived); its value, not a label.",
+    ("target",),
+)
 PROBE_LAST_SUCCESS = MetricSpec(
     "dbwatch_probe_last_success_timestamp_seconds",
     MetricType.GAUGE,

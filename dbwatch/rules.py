@@ -2,8 +2,9 @@
 
 What users of sloth and pyrra ask for, built in: the error ratio is 0 (never NaN) at zero traffic, a long window
 with fewer than `min_events` requests never alerts, every alert says which window pair fired (`window="1h/5m"`),
-and the Alertmanager example inhibits a slower pair while a faster one fires for the same SLO. A latency threshold
-must be a bucket boundary of the histogram read (config validation refuses any other).
+and an access-log path whose traffic stops altogether pages (`DbwatchSLOTrafficStopped`), which no error ratio can
+show. A latency threshold must be a bucket boundary of the histogram read (config validation refuses any other).
+Every alert, generated or `--include`d, gets an absolute `runbook_url` (`--runbook-url`).
 """
 
 from __future__ import annotations
@@ -16,22 +17,34 @@ from typing import Any, Final
 import yaml
 
 from dbwatch import metrics as m
-from dbwatch.config import SLO, Config, ConfigError, Target, Window
+from dbwatch.config import SLO, Config, ConfigError, LogSource, Target, Window
 
 __all__ = [
     "ALERT",
+    "DEFAULT_RUNBOOK_URL",
+    "NO_TRAFFIC_ALERT",
     "PROMETHEUSRULE_FILE",
     "RULES_FILE",
     "cap_for",
+    "check_slos",
     "included",
     "prom_duration",
     "prometheus_rule",
     "render",
+    "runbook_base",
     "slo_groups",
+    "with_runbooks",
     "write",
 ]
 
 ALERT: Final = "DbwatchSLOErrorBudgetBurn"
+NO_TRAFFIC_ALERT: Final = "DbwatchSLOTrafficStopped"
+# Where the runbook sections live (README.md's "#### <AlertName>" headings); `dbwatch rules --runbook-url` changes it.
+DEFAULT_RUNBOOK_URL: Final = "https://github.com/dbwatch/dbwatch/blob/main/README.md"
+# DbwatchSLOTrafficStopped: no request for this long, where the hour before predicts at least EXPECTED of them.
+# For Poisson traffic a false page then has odds of e^-20 (2e-9) per evaluation.
+NO_TRAFFIC_WINDOW: Final = 600.0
+NO_TRAFFIC_EXPECTED: Final = 20
 RULES_FILE: Final = "dbwatch-slo.rules.yml"
 PROMETHEUSRULE_FILE: Final = "dbwatch-slo.prometheusrule.yaml"
 RULE_PREFIX: Final = "dbwatch:slo_"
@@ -66,6 +79,65 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+def check_slos(slos: Iterable[SLO], sources: Iterable[LogSource], hook: bool) -> None:
+    """Refuse an access SLO that can never fire: its `source:` names no log source, or one without `access:`.
+
+    Args:
+        hook: the in-app hook is configured; its ASGI middleware feeds the same family with `source` = the app's
+            name, which the config does not know, so a name that is no log source is then taken as an app.
+    """
+    by_name = {s.name: (i, s) for i, s in enumerate(sources)}
+    with_access = [s.name for _, s in by_name.values() if s.access is not None]
+    for n, slo in enumerate(slos):
+        if slo.source != "access":
+            continue
+        if slo.log_source is None:
+            if not with_access and not hook:
+                raise ConfigError(
+                    f"slos[{n}].from: access reads request latency, but no logs.sources[] has an access: mapping "
+                    "and no hook: is configured, so this SLO can never fire"
+                )
+            continue
+        found = by_name.get(slo.log_source)
+        if found is None:
+            if hook:
+                continue
+            names = ", ".join(with_access) or "none"
+            raise ConfigError(
+                f"slos[{n}].source: no log source named {slo.log_source!r} (sources with access: {names}; "
+                "an in-app middleware's app name needs hook:)"
+            )
+        i, src = found
+        if src.access is None:
+            raise ConfigError(
+                f"slos[{n}].source: log source {slo.log_source!r} has no access: mapping (logs.sources[{i}].access), "
+                "so it feeds no request metrics and this SLO can never fire"
+            )
+
+
+def runbook_base(url: str) -> str:
+    """A `--runbook-url` checked: absolute http(s), no fragment (the alert's anchor is appended)."""
+    if not re.match(r"^https?://[^\s/#]+[^\s#]*$", url):
+        raise ConfigError(f"--runbook-url: expected an absolute http(s) URL without a #fragment, got {url!r}")
+    return url
+
+
+def _runbook(alert: str, base: str) -> str:
+    return f"{base}#{alert.lower()}"
+
+
+def with_runbooks(groups: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """The groups with every alert's `runbook_url` set to BASE#<alertname in lower case>."""
+
+    def one(rule: dict[str, Any]) -> dict[str, Any]:
+        if "alert" not in rule:
+            return rule
+        annotations = {k: v for k, v in rule.get("annotations", {}).items() if k != "runbook_url"}
+        return {**rule, "annotations": {**annotations, "runbook_url": _runbook(rule["alert"], base)}}
+
+    return [{**g, "rules": [one(r) for r in g["rules"]]} for g in groups]
+
+
 class _SLI:
     """The PromQL of one SLO's events: total and bad per window, as label-less sums."""
 
@@ -84,14 +156,15 @@ class _SLI:
             self._hist = m.PROBE_DURATION.name
             self._phase = _SUCCESS_PHASE[kind]
 
-    def _sum(self, fn: str, series: str, extra: Iterable[tuple[str, str]], w: str) -> str:
-        return f"sum({fn}({series}{_selector([*self._sel, *extra])}[{w}]))"
+    def _sum(self, fn: str, series: str, extra: Iterable[tuple[str, str]], w: str, offset: str = "") -> str:
+        shift = f" offset {offset}" if offset else ""
+        return f"sum({fn}({series}{_selector([*self._sel, *extra])}[{w}]{shift}))"
 
-    def total(self, w: str, fn: str = "rate") -> str:
+    def total(self, w: str, fn: str = "rate", offset: str = "") -> str:
         if self.slo.source == "access":
-            return self._sum(fn, m.HTTP_REQUESTS.name + "_total", (), w)
-        ok = self._sum(fn, self._hist + "_count", [("phase", self._phase)], w)
-        failed = self._sum(fn, m.PROBE_FAILURES.name + "_total", (), w)
+            return self._sum(fn, m.HTTP_REQUESTS.name + "_total", (), w, offset)
+        ok = self._sum(fn, self._hist + "_count", [("phase", self._phase)], w, offset)
+        failed = self._sum(fn, m.PROBE_FAILURES.name + "_total", (), w, offset)
         return f"(({ok} or on() vector(0)) + ({failed} or on() vector(0)))"
 
     def bad(self, w: str) -> str:
@@ -141,12 +214,7 @@ def _alert(slo: SLO, w: Window) -> dict[str, Any]:
         f"and on(slo) {_ratio_record(w.short)}{sel} > {limit}\n"
         f"and on(slo) {_requests_record(w.long)}{sel} >= {slo.min_events}\n"
     )
-    labels: dict[str, str] = {
-        "severity": w.severity,
-        "slo": slo.name,
-        "window": pair,
-        "burn_rate": _num(w.burn_rate),
-    }
+    labels = {"severity": w.severity, "slo": slo.name, "window": pair, "burn_rate": _num(w.burn_rate)}
     if slo.target:
         labels["target"] = slo.target
     rule: dict[str, Any] = {"alert": ALERT, "expr": expr}
@@ -163,12 +231,35 @@ def _alert(slo: SLO, w: Window) -> dict[str, Any]:
             f"{prom_duration(w.short)} also above {_num(w.burn_rate)}x the budget ({limit}); at this rate the "
             f"{prom_duration(slo.period)} budget lasts {prom_duration(slo.period / w.burn_rate)}."
         ),
-        "runbook": "README.md#dbwatchsloerrorbudgetburn",
     }
     return rule
 
 
-def _group(slo: SLO, targets: dict[str, Target]) -> dict[str, Any]:
+def _no_traffic_alert(slo: SLO, sli: _SLI) -> dict[str, Any]:
+    """Page when an access-log path that had traffic gets none: zero requests give an error ratio of 0, never a burn."""
+    quiet = prom_duration(NO_TRAFFIC_WINDOW)
+    before = NO_TRAFFIC_EXPECTED * round(3600 / NO_TRAFFIC_WINDOW)
+    expr = (
+        f"({sli.total(quiet, 'increase')} or on() vector(0)) == 0\n"
+        f"and on() {sli.total('1h', 'increase', offset=quiet)} >= {before}\n"
+    )
+    return {
+        "alert": NO_TRAFFIC_ALERT,
+        "expr": expr,
+        "labels": {"severity": "page", "slo": slo.name, **({"target": slo.target} if slo.target else {})},
+        "annotations": {
+            "summary": f"SLO {slo.name} ({_what(slo)}): no requests for {quiet}",
+            "description": (
+                f"{slo.description + ' ' if slo.description else ''}"
+                f"{f'Target: {slo.target}. ' if slo.target else ''}No request to {_what(slo)} was counted for "
+                f"{quiet}, after at least {before} in the hour before: the path is down for everyone (or no dbwatch "
+                "reports it any more, see DbwatchAbsent). An error ratio cannot show this: without requests it is 0."
+            ),
+        },
+    }
+
+
+def _group(slo: SLO, targets: dict[str, Target], watch_traffic: bool) -> dict[str, Any]:
     sli = _SLI(slo, targets)
     base = {"slo": slo.name, "sli": slo.sli}
     windows = sorted({*(w.long for w in slo.windows), *(w.short for w in slo.windows), slo.period})
@@ -190,13 +281,25 @@ def _group(slo: SLO, targets: dict[str, Target]) -> dict[str, Any]:
         }
     )
     rules.extend(_alert(slo, w) for w in slo.windows)
+    if watch_traffic:
+        rules.append(_no_traffic_alert(slo, sli))
     return {"name": f"dbwatch-slo-{slo.name}", "rules": rules}
 
 
-def slo_groups(config: Config) -> list[dict[str, Any]]:
-    """One rule group per SLO: error ratios per window, request counts, objective, budget left, alerts."""
+def slo_groups(config: Config, runbook_url: str = DEFAULT_RUNBOOK_URL) -> list[dict[str, Any]]:
+    """One rule group per SLO: error ratios per window, request counts, objective, budget left, alerts.
+
+    The first access SLO of each (source, route, method) also pages when that path's traffic stops.
+    """
     targets = {t.name: t for t in config.targets}
-    return [_group(slo, targets) for slo in config.slos]
+    watched: set[tuple[str | None, ...]] = set()
+    groups = []
+    for slo in config.slos:
+        path = (slo.log_source, slo.route, slo.method)
+        groups.append(_group(slo, targets, slo.source == "access" and path not in watched))
+        if slo.source == "access":
+            watched.add(path)
+    return with_runbooks(groups, runbook_url)
 
 
 def prometheus_rule(groups: list[dict[str, Any]], name: str = "dbwatch-slo") -> dict[str, Any]:
@@ -224,10 +327,11 @@ def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
 _Dumper.add_representer(str, _str_presenter)
 
 
-def render(doc: dict[str, Any], source: str) -> str:
+def render(doc: dict[str, Any], source: str, runbook_url: str = DEFAULT_RUNBOOK_URL) -> str:
     """YAML text with a header naming the command that made it."""
+    flag = "" if runbook_url == DEFAULT_RUNBOOK_URL else f" --runbook-url {runbook_url}"
     header = (
-        f"# Generated by `dbwatch rules --config {source}` from its `slos:`. Do not edit: change the config\n"
+        f"# Generated by `dbwatch rules --config {source}{flag}` from its `slos:`. Do not edit: change the config\n"
         "# and run the command again (a test checks the shipped files are up to date).\n"
     )
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
@@ -286,23 +390,25 @@ def write(
     check: bool = False,
     max_for: float | None = None,
     includes: tuple[Path, ...] = (),
+    runbook_url: str = DEFAULT_RUNBOOK_URL,
 ) -> list[Path]:
     """Write (or with check=True, compare) the rule file and the PrometheusRule; returns the paths that differ.
 
-    `includes` are hand-written rule files written beside them (as DIR/<name>), with `max_for` applied too.
+    `includes` are hand-written rule files written beside them (as DIR/<name>), with `max_for` and the runbook URL
+    applied too.
     """
-    groups = slo_groups(config)
+    groups = slo_groups(config, runbook_url)
     if max_for is not None:
         groups = cap_for(groups, max_for)
     note = _header_note(max_for)
     files = {
-        out / RULES_FILE: note + render({"groups": groups}, source),
-        out / PROMETHEUSRULE_FILE: note + render(prometheus_rule(groups), source),
+        out / RULES_FILE: note + render({"groups": groups}, source, runbook_url),
+        out / PROMETHEUSRULE_FILE: note + render(prometheus_rule(groups), source, runbook_url),
     }
     for path in includes:
         if path.name in (RULES_FILE, PROMETHEUSRULE_FILE) or out / path.name in files:
             raise ConfigError(f"--include {path}: its name clashes with another file written to {out}")
-        inc = included(path)
+        inc = with_runbooks(included(path), runbook_url)
         if max_for is not None:
             inc = cap_for(inc, max_for)
         files[out / path.name] = (

@@ -100,7 +100,8 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_section() ->
             ann = a["annotations"]
             assert ann["summary"], a["alert"]
             assert ann["description"], a["alert"]
-            assert ann["runbook"] == f"README.md#{a['alert'].lower()}", a["alert"]
+            assert ann["runbook_url"] == f"{rules.DEFAULT_RUNBOOK_URL}#{a['alert'].lower()}", a["alert"]
+            assert "runbook" not in ann, a["alert"]
             assert a["alert"].lower() in anchors, f"README has no runbook section '### {a['alert']}'"
     hand = {a["alert"]: a for a in alerts(CONFIG / "dbwatch.rules.yml")}
     assert "$labels.location" in hand["DbwatchAsyncORMError"]["annotations"]["summary"]
@@ -113,10 +114,135 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_section() ->
         assert "$labels.target" in hand[name]["annotations"]["description"]
     # App-side alerts have no database target: they name the app (log source or hook app) and its dbwatch instance.
     assert "$labels.location" in hand["DbwatchAsyncORMError"]["annotations"]["description"]
-    for name in ("DbwatchAsyncORMError", "DbwatchPoolCheckoutTimeouts", "DbwatchUnfitPoolClass"):
+    for name in (
+        "DbwatchAsyncORMError",
+        "DbwatchPoolCheckoutTimeouts",
+        "DbwatchUnfitPoolClass",
+        "DbwatchSessionExpireOnCommit",
+    ):
         assert "$labels.instance" in hand[name]["annotations"]["description"], name
     for a in alerts(CONFIG / rules.RULES_FILE):
         assert f"Target: {a['labels']['target']}." in a["annotations"]["description"]
+    # The probe alert says why: the reason and the login probe's HTTP status, read into annotations, not labels.
+    probe = hand["DbwatchProbeDown"]
+    assert 'label "reason"' in probe["annotations"]["summary"]
+    assert "dbwatch_probe_http_status" in probe["annotations"]["summary"]
+    assert set(probe["labels"]) == {"severity"}
+
+
+def test_runbook_url_is_set_by_flag_for_generated_and_included_rules(tmp_path: Path) -> None:
+    """`--runbook-url` rewrites every alert's runbook_url, generated or --include'd; a relative URL is refused."""
+    base = "https://wiki.example.com/ops/dbwatch"
+    proc = run_cli(
+        "rules", "--config", EXAMPLE, "--out", str(tmp_path), "--runbook-url", base,
+        "--include", "config/dbwatch.rules.yml", env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = [a for f in (tmp_path / rules.RULES_FILE, tmp_path / "dbwatch.rules.yml") for a in alerts(f)]
+    assert len(written) == sum(len(alerts(f)) for f in RULE_FILES)
+    assert all(a["annotations"]["runbook_url"] == f"{base}#{a['alert'].lower()}" for a in written)
+    assert f"--runbook-url {base}" in (tmp_path / rules.RULES_FILE).read_text().splitlines()[0]
+    for bad in ("README.md", "https://x.example/a#b", "ftp://x.example/"):
+        refused = run_cli("rules", "--config", EXAMPLE, "--runbook-url", bad, env=ENV)
+        assert refused.returncode == 2
+        assert "--runbook-url: expected an absolute http(s) URL" in refused.stderr
+
+
+# Alerts that name a cause: an inhibition must never mute them, whatever fires.
+CAUSES = {a["alert"] for a in alerts(CONFIG / "dbwatch.rules.yml")}
+
+
+def test_inhibitions_never_mute_a_cause_nor_a_page() -> None:
+    """Every inhibition's target is a ticket-severity SLO alert: a cause alert is never muted, and no page is held
+    back to be sent when the inhibition lifts (after the fix)."""
+    am = yaml.safe_load((CONFIG / "alertmanager.example.yml").read_text())
+    generated = {a["alert"] for a in alerts(CONFIG / rules.RULES_FILE)}
+    for rule in am.get("inhibit_rules", []):
+        target = dict(re.match(r'^(\w+)(=~?)"(.*)"$', t).groups()[::2] for t in rule["target_matchers"])  # type: ignore[union-attr]
+        assert target.get("severity") == "ticket", rule
+        muted = {n for n in CAUSES | generated if re.fullmatch(target["alertname"], n)}
+        assert muted, rule
+        assert not muted & CAUSES, rule
+        assert muted <= generated
+
+
+def _raw_example() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load((CONFIG / "dbwatch.example.yaml").read_text())
+    del raw["targets"][0]["dsn_env"]
+    raw["targets"][0] |= {"dsn": "postgresql://app@127.0.0.1/app", "collect": {"dsn": "postgresql://m@127.0.0.1/app"}}
+    raw["logs"]["state_dir"] = "/tmp"
+    return raw
+
+
+def test_example_slos_read_a_source_with_access() -> None:
+    """The shipped example's SLOs read log source `app`, which has `access:`: they can fire as shipped."""
+    config = from_mapping(_raw_example())
+    sources = {s.name: s for s in config.logs.sources}
+    assert config.slos
+    for slo in config.slos:
+        assert slo.source == "probe" or sources[slo.log_source or ""].access is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["slos"][1].update(source="acess"), "slos[1].source: no log source named 'acess'"),
+        (
+            lambda r: r["logs"]["sources"][0].pop("access"),
+            "slos[0].source: log source 'app' has no access: mapping (logs.sources[0].access)",
+        ),
+        (
+            lambda r: ([s.pop("source") for s in r["slos"]], r["logs"]["sources"][0].pop("access")),
+            "slos[0].from: access reads request latency, but no logs.sources[] has an access: mapping",
+        ),
+    ],
+)
+def test_an_slo_that_can_never_fire_is_refused(tmp_path: Path, change: Any, message: str) -> None:
+    """A missing source, or one without `access:`, is a config error naming the key path, exit 2 in both commands."""
+    raw = _raw_example()
+    change(raw)
+    with pytest.raises(ConfigError) as e:
+        from_mapping(raw)
+    assert message in str(e.value)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    for argv in (["check-config", str(cfg)], ["rules", "--config", str(cfg)]):
+        proc = run_cli(*argv)
+        assert proc.returncode == 2, argv
+        assert message in proc.stderr
+
+
+def test_with_the_hook_an_unknown_source_is_taken_as_an_app_name() -> None:
+    """The hook's middleware feeds the family with `source` = the app's name, which the config cannot know."""
+    raw = _raw_example()
+    raw["slos"][0]["source"] = "myapp"
+    raw["hook"] = {"listen": "127.0.0.1:0"}
+    assert from_mapping(raw).slos[0].log_source == "myapp"
+
+
+def test_check_config_prints_the_slos() -> None:
+    proc = run_cli("check-config", EXAMPLE, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout.removesuffix("config ok\n"))
+    assert [s["name"] for s in printed["slos"]] == ["login-availability", "login-latency"]
+    assert printed["slos"][0] | {"windows": []} == {
+        "name": "login-availability", "sli": "availability", "from": "access", "source": "app",
+        "route": "/api/login", "method": "POST", "objective": 0.995, "target": "primary", "period": 2592000.0,
+        "min_events": 30, "windows": [], "description": "Users cannot log in.",
+    }  # fmt: skip
+
+
+def test_traffic_stopped_alert_once_per_access_path() -> None:
+    """The example's two SLOs read one path: one DbwatchSLOTrafficStopped, in the first SLO's group; none for probes."""
+    stopped = [a for a in alerts(CONFIG / rules.RULES_FILE) if a["alert"] == rules.NO_TRAFFIC_ALERT]
+    assert [a["labels"] for a in stopped] == [{"severity": "page", "slo": "login-availability", "target": "primary"}]
+    probe = from_mapping(
+        {
+            "targets": [{"name": "login", "kind": "http_login", "url": "http://127.0.0.1:1/"}],
+            "slos": [{"name": "p", "sli": "availability", "from": "probe", "target": "login", "objective": 99}],
+        }
+    )
+    assert not [r for g in rules.slo_groups(probe) for r in g["rules"] if r.get("alert") == rules.NO_TRAFFIC_ALERT]
 
 
 def test_amtool_check_config_is_clean() -> None:
@@ -128,6 +254,10 @@ def slo_config(**slo: Any) -> dict[str, Any]:
     return {
         "targets": [{"name": "primary", "dsn": "postgresql://h/d"}],
         "slos": [{"name": "login", "sli": "latency", "from": "access", "objective": 99, "threshold": "500ms", **slo}],
+        "logs": {
+            "state_dir": "/tmp",
+            "sources": [{"name": "access", "path": "/nonexistent/access.log", "access": {"format": "json"}}],
+        },
     }
 
 
@@ -197,7 +327,7 @@ def test_generated_rules_have_window_labels_guard_and_no_nan() -> None:
     (group,) = rules.slo_groups(config)
     recs = [r for r in group["rules"] if "record" in r]
     assert all(r["expr"].rstrip().endswith("or on() vector(0)") for r in recs if "errors:ratio" in r["record"])
-    alerts_ = [r for r in group["rules"] if "alert" in r]
+    alerts_ = [r for r in group["rules"] if r.get("alert") == rules.ALERT]
     assert [a["labels"]["window"] for a in alerts_] == ["1h/5m", "6h/30m", "1d/2h", "3d/6h"]
     assert [a["labels"]["severity"] for a in alerts_] == ["page", "page", "ticket", "ticket"]
     assert all(">= 12" in a["expr"] for a in alerts_)

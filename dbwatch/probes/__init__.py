@@ -76,6 +76,8 @@ class ProbeJob:
             store.inc(m.PROBE_FAILURES, (target.name, reason.value), 0)
         for phase in kind.phases:
             store.touch_histogram(m.PROBE_DURATION, (target.name, phase))
+        if isinstance(self._probe, HttpLoginProbe):
+            store.set(source, m.PROBE_HTTP_STATUS, (target.name,), 0.0)
         store.set(("info", target.name), m.JOB_INFO, (self.job, target.name, "pod"), 1)
 
     def classify(self, exc: BaseException) -> StrEnum:
@@ -91,8 +93,10 @@ class ProbeJob:
         except asyncio.CancelledError:
             raise  # shutdown, or the scheduler's hard timeout (which then calls abandoned())
         except BaseException as exc:
+            self._record_http_status()
             self._failed(self.classify(exc))
             raise
+        self._record_http_status()
         self._pending = False
         for phase, seconds in phases.items():
             self._store.observe(m.PROBE_DURATION, (self.target, phase), seconds)
@@ -103,9 +107,15 @@ class ProbeJob:
         status.last_reason = None
         status.last_success = time.monotonic()
 
+    def _record_http_status(self) -> None:
+        """The login probe's last HTTP status, so an alert can say `HTTP 500` beside the reason `status`."""
+        if isinstance(self._probe, HttpLoginProbe):
+            self._store.set(("probe", self.target), m.PROBE_HTTP_STATUS, (self.target,), float(self._probe.last_status))
+
     def abandoned(self) -> None:
         """The scheduler cancelled this run at its hard timeout: count it as a timeout unless already counted."""
         if self._pending:
+            self._record_http_status()
             self._failed(self._timeout_reason)
 
     def _failed(self, reason: StrEnum) -> None:

@@ -143,12 +143,13 @@ def check_body(check: LoginCheck, raw: bytes) -> None:
 
 
 class HttpLoginProbe:
-    """The login probe of one target; holds its TLS context (built once, reused by every run)."""
+    """The login probe of one target; holds its TLS context (built once, reused by every run) and last HTTP status."""
 
     def __init__(self, target: Target) -> None:
         if target.login is None:
             raise TypeError("http_login target without a login check")
         self._ctx = _context(target.login) if target.login.url.startswith("https:") else None
+        self.last_status = 0  # HTTP status of the last run's response; 0 when none arrived
 
     async def __call__(self, target: Target, timeout: float) -> dict[str, float]:
         """Send the configured login request over a new connection; seconds per phase, or raise."""
@@ -156,10 +157,13 @@ class HttpLoginProbe:
             raise TypeError("http_login target without a login check")
         if self._ctx is not None:
             self._ctx.tls_started = None  # runs of one target never overlap
-        return await _probe(target.login, self._ctx, timeout)
+        self.last_status = 0
+        return await _probe(target.login, self._ctx, timeout, self)
 
 
-async def _probe(check: LoginCheck, ctx: _TimedContext | None, timeout: float) -> dict[str, float]:
+async def _probe(
+    check: LoginCheck, ctx: _TimedContext | None, timeout: float, seen: HttpLoginProbe
+) -> dict[str, float]:
     import aiohttp  # noqa: PLC0415 - aiohttp's client (~10 MiB of RSS) only where a login probe is configured
 
     marks: dict[str, float] = {}
@@ -188,6 +192,7 @@ async def _probe(check: LoginCheck, ctx: _TimedContext | None, timeout: float) -
         ) as resp,
     ):
         t_headers = time.perf_counter()
+        seen.last_status = resp.status
         if resp.status not in check.expect_status:
             raise LoginFailed(LoginReason.STATUS, f"HTTP status {resp.status}")
         raw = await resp.content.read(MAX_BODY + 1) if check.expect_json_path else b""

@@ -152,6 +152,14 @@ async def traffic(app_url: str, password: str, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.04)
 
 
+LIVE = "dbwatch:log_source_live_since:timestamp"
+
+
+def _result(prom: Prometheus, expr: str) -> list[dict[str, Any]]:
+    res = prom.query(expr)
+    return list(res["data"]["result"]) if res.get("status") == "success" else []
+
+
 def has_finite_sample(res: dict[str, Any]) -> bool:
     return res.get("status") == "success" and any(not math.isnan(float(s["value"][1])) for s in res["data"]["result"])
 
@@ -194,10 +202,12 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
             services.append(am)
             prom = Prometheus([f"127.0.0.1:{dbwatch_port}"], rule_files, alertmanager=f"127.0.0.1:{am.port}")
             services.append(prom)
+            # Traffic starts once Prometheus has seen both log sources caught up: what dbwatch read before is
+            # history, which never pages (DbwatchAsyncORMError).
+            await eventually(prom.targets_up, timeout=30)
+            await eventually(lambda: len(_result(prom, LIVE)) == 2, timeout=15)
             load = asyncio.create_task(traffic(app.url, password, stop_traffic))
             try:
-                await eventually(prom.targets_up, timeout=30)
-
                 # Every query of every panel returns data (a finite value) from Prometheus's HTTP API.
                 pending = {(path.name, title, expr) for path in DASHBOARDS for title, expr in dashboard_queries(path)}
 

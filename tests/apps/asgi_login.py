@@ -9,6 +9,10 @@ in-app hook (`DBWATCH_HOOK_*`).
 Routes: `POST /api/login` (the correct path), `POST /api/login/remember` (the seed's bug: a session with
 `expire_on_commit=True`, then an expired attribute read after commit, a real `sqlalchemy.exc.MissingGreenlet`
 logged with its traceback and answered 500), `GET /healthz`.
+
+`LOGIN_APP_BROKEN=1` replays the outage: the engine has a `StaticPool` (the hook's `static_pool_async` finding) and
+`POST /api/login` takes the seed's buggy path, so every login fails with a real MissingGreenlet and HTTP 500.
+Restarting without it is the fix.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sqlalchemy import DateTime, String, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dbwatch.hook import instrument
 
 USER = "probe@example.com"
+BROKEN = os.environ.get("LOGIN_APP_BROKEN") == "1"
 log = logging.getLogger("loginapp")
 access = logging.getLogger("loginapp.access")
 
@@ -80,7 +86,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     log_dir = Path(os.environ["LOGIN_APP_LOG_DIR"])
     _file_logger(log, log_dir / "app.log", "%(asctime)s %(levelname)s [%(name)s] %(message)s")
     _file_logger(access, log_dir / "access.log", "%(message)s")
-    state.engine = create_async_engine(os.environ["LOGIN_APP_DATABASE_URL"], pool_size=3, max_overflow=2)
+    if BROKEN:
+        state.engine = create_async_engine(os.environ["LOGIN_APP_DATABASE_URL"], poolclass=StaticPool)
+    else:
+        state.engine = create_async_engine(os.environ["LOGIN_APP_DATABASE_URL"], pool_size=3, max_overflow=2)
     instrument(state.engine, name="main", app="loginapp")
     state.sessions = async_sessionmaker(state.engine, expire_on_commit=False)
     state.expiring = async_sessionmaker(state.engine, expire_on_commit=True)
@@ -104,6 +113,8 @@ async def _credentials(request: Request) -> tuple[str, str]:
 
 async def login(request: Request) -> Response:
     """The correct path: check the password, stamp the login, refresh before reading the stamp."""
+    if BROKEN:
+        return await login_remember(request)
     email, password = await _credentials(request)
     async with state.sessions() as session:
         user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()

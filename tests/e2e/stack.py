@@ -130,13 +130,21 @@ class Alertmanager(Service):
 class LoginApp(Service):
     """tests/apps/asgi_login.py on uvicorn; logs to app.log and access.log in its dir, which dbwatch tails."""
 
-    def __init__(self, dsn: str, password: str, hook_addr: str) -> None:
+    def __init__(
+        self, dsn: str, password: str, hook_addr: str, *, broken: bool = False, after: LoginApp | None = None
+    ) -> None:
+        """`broken`: the outage replay (StaticPool, every login a MissingGreenlet); `after`: a stopped app whose port
+        and log folder this one takes over, as a redeploy does."""
         super().__init__("loginapp")
+        if after is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir, self.port, self.log = after.dir, after.port, after.dir / "out.log"
         env = {
             **os.environ,
             "LOGIN_APP_DATABASE_URL": dsn,
             "LOGIN_APP_PASSWORD": password,
             "LOGIN_APP_LOG_DIR": str(self.dir),
+            "LOGIN_APP_BROKEN": "1" if broken else "0",
             "DBWATCH_HOOK_ADDR": hook_addr,
             "DBWATCH_HOOK_INTERVAL": "0.5",
         }

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from dbwatch import rules
 from dbwatch.pgcluster import free_port
 from tests.e2e.stack import Alertmanager, LoginApp, Prometheus
 from tests.e2e.test_prometheus import DASHBOARDS, dashboard_queries
@@ -43,12 +44,17 @@ class Webhook:
     """An Alertmanager webhook receiver on 127.0.0.1: every alert of every notification, in arrival order."""
 
     def __init__(self) -> None:
-        self.alerts: list[dict[str, Any]] = []
+        self.received: list[tuple[str, dict[str, Any]]] = []  # (receiver, alert), firing and resolved
         self.port = 0
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """The firing alerts received, in order."""
+        return [a for _, a in self.received if a["status"] == "firing"]
 
     async def _receive(self, request: web.Request) -> web.Response:
         payload = await request.json()
-        self.alerts.extend(a for a in payload["alerts"] if a["status"] == "firing")
+        self.received.extend((request.match_info["receiver"], a) for a in payload["alerts"])
         return web.Response(text="ok")
 
     @contextlib.asynccontextmanager
@@ -65,11 +71,22 @@ class Webhook:
         finally:
             await runner.cleanup()
 
-    def firing(self, alertname: str, **labels: str) -> dict[str, Any] | None:
-        for a in self.alerts:
-            if a["labels"].get("alertname") == alertname and all(a["labels"].get(k) == v for k, v in labels.items()):
+    def firing(self, alertname: str, status: str = "firing", **labels: str) -> dict[str, Any] | None:
+        for _, a in self.received:
+            if a["status"] == status and _matches(a, alertname, labels):
                 return a
         return None
+
+    def pages(self, since: int = 0) -> set[frozenset[tuple[str, str]]]:
+        """The label sets of the firing alerts the pager got, from notification number `since` on."""
+        return {
+            frozenset(a["labels"].items()) for r, a in self.received[since:] if r == "pager" and a["status"] == "firing"
+        }
+
+
+def _matches(alert: dict[str, Any], alertname: str, labels: dict[str, str]) -> bool:
+    got = alert["labels"]
+    return bool(got.get("alertname") == alertname and all(got.get(k) == v for k, v in labels.items()))
 
 
 def alertmanager_config(webhook_port: int) -> dict[str, Any]:
@@ -98,7 +115,7 @@ def dbwatch_config(pg_dsn: str, app_url: str, log_dir: Path, hook_port: int) -> 
                 "timeout": 0.4,
             },
         ],
-        "hook": {"listen": f"127.0.0.1:{hook_port}"},
+        "hook": {"listen": f"127.0.0.1:{hook_port}", "worker_expiry": "2s"},
         "slos": [
             {
                 "name": "login-availability",
@@ -153,11 +170,23 @@ async def traffic(app_url: str, password: str, stop: asyncio.Event) -> None:
 
 
 LIVE = "dbwatch:log_source_live_since:timestamp"
+# Asserting that no page comes needs a time: several rule evaluations (1 s) and Alertmanager group intervals (1 s).
+QUIET_SECONDS = 6
 
 
-def _result(prom: Prometheus, expr: str) -> list[dict[str, Any]]:
-    res = prom.query(expr)
+async def _result(prom: Prometheus, expr: str) -> list[dict[str, Any]]:
+    res = await asyncio.to_thread(prom.query, expr)
     return list(res["data"]["result"]) if res.get("status") == "success" else []
+
+
+async def _pages_settled(prom: Prometheus, webhook: Webhook) -> bool:
+    """Every page alert Prometheus has is firing (none pending) and has reached the pager."""
+    alerts = await _result(prom, 'ALERTS{severity="page"}')
+    if any(a["metric"]["alertstate"] != "firing" for a in alerts):
+        return False
+    sent = webhook.pages()
+    keys = [frozenset((k, v) for k, v in a["metric"].items() if k not in ("__name__", "alertstate")) for a in alerts]
+    return all(k in sent for k in keys)
 
 
 def has_finite_sample(res: dict[str, Any]) -> bool:
@@ -166,7 +195,8 @@ def has_finite_sample(res: dict[str, Any]) -> bool:
 
 @pytest.mark.slow
 async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every dashboard query has data; MissingGreenlet pages with its code line; stopping the app pages its probe."""
+    """Every dashboard query has data; MissingGreenlet pages with its code line; in the replayed outage the probe
+    pages with its reason, the StaticPool ticket goes out during it, and no page arrives after the fix."""
     password = secrets.token_urlsafe(12)
     monkeypatch.setenv("E2E_LOGIN_PASSWORD", password)
     hook_port, dbwatch_port = free_port(), free_port()
@@ -205,7 +235,8 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
             # Traffic starts once Prometheus has seen both log sources caught up: what dbwatch read before is
             # history, which never pages (DbwatchAsyncORMError).
             await eventually(prom.targets_up, timeout=30)
-            await eventually(lambda: len(_result(prom, LIVE)) == 2, timeout=15)
+            await eventually(lambda: _result(prom, LIVE), timeout=15, interval=0.5)
+            assert len(await _result(prom, LIVE)) == 2
             load = asyncio.create_task(traffic(app.url, password, stop_traffic))
             try:
                 # Every query of every panel returns data (a finite value) from Prometheus's HTTP API.
@@ -233,12 +264,38 @@ async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.Monke
                 assert orm["labels"]["target"] == "main"
                 assert "in log source app (database target main)" in orm["annotations"]["description"]
 
-                # Stopping the app: the login probe fails and DbwatchProbeDown pages for target "login".
-                stop_traffic.set()
+                # The outage, replayed: a redeploy with a StaticPool and the buggy login, every login a
+                # MissingGreenlet and HTTP 500. DbwatchProbeDown pages saying why, and the root cause's ticket goes
+                # out while the login probe fails: no inhibition holds it.
                 app.stop()
-                down = await eventually(lambda: webhook.firing("DbwatchProbeDown", target="login"), timeout=20)
+                app = LoginApp(app_dsn, password, f"127.0.0.1:{hook_port}", broken=True, after=app)
+                services.append(app)
+                down = await eventually(lambda: webhook.firing("DbwatchProbeDown", target="login"), timeout=30)
                 assert down["labels"]["severity"] == "page"
-                assert "login" in down["annotations"]["description"]
+                assert down["annotations"]["summary"] == "login: probe failing (status, HTTP 500)"
+                assert "status" in down["annotations"]["description"]
+                assert down["annotations"]["runbook_url"].endswith("README.md#dbwatchprobedown")
+                cause = await eventually(
+                    lambda: webhook.firing("DbwatchUnfitPoolClass", finding="static_pool_async"), timeout=30
+                )
+                assert cause["labels"]["severity"] == "ticket"
+                assert ("tickets", cause) in webhook.received
+                assert webhook.firing("DbwatchProbeDown", "resolved", target="login") is None  # still failing
+                # Every page of the outage is out before the fix: the probe and its SLO, one group per SLO.
+                await eventually(lambda: webhook.firing(rules.ALERT, slo="login-probe", window="1h/5m"), timeout=60)
+                await eventually(lambda: _pages_settled(prom, webhook), timeout=30, interval=0.5)
+
+                # The fix: the good app redeployed. The probe recovers, and no page arrives after it: nothing was
+                # held by an inhibition to be sent when it lifts.
+                fixed_at = len(webhook.received)
+                before = webhook.pages()
+                app.stop()
+                app = LoginApp(app_dsn, password, f"127.0.0.1:{hook_port}", after=app)
+                services.append(app)
+                await eventually(lambda: webhook.firing("DbwatchProbeDown", "resolved", target="login"), timeout=30)
+                await asyncio.sleep(QUIET_SECONDS)
+                after_fix = webhook.pages(fixed_at) - before
+                assert after_fix == set(), sorted(dict(p)["alertname"] for p in after_fix)
                 assert webhook.firing("DbwatchProbeDown", target="main") is None
             finally:
                 stop_traffic.set()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -19,7 +20,7 @@ from dbwatch import metrics as m
 from dbwatch.config import ConfigError, Target, from_mapping
 from dbwatch.pgcluster import free_port
 from dbwatch.probes import KINDS, ProbeJob
-from dbwatch.probes.http_login import MAX_BODY, HttpLoginProbe, LoginReason, classify_login
+from dbwatch.probes.http_login import MAX_BODY, HttpLoginProbe, LoginFailed, LoginReason, classify_login
 from dbwatch.store import Store
 from tests.helpers import SENTINEL, SENTINEL_FORMS, eventually, run_cli, running, sample
 
@@ -237,6 +238,26 @@ async def test_daemon_reports_login_probe_and_no_secret_anywhere(capsys: pytest.
             assert status == 200  # a login probe never gates readiness by default
             assert not any(f in text + body for f in (*SENTINEL_FORMS, TOKEN))
         assert d.store.counter_value(m.PROBE_FAILURES, ("login", "status")) >= 1
+
+
+async def test_probe_job_records_the_last_http_status() -> None:
+    """dbwatch_probe_http_status: 0 before a run, the response's status (500 on failure, 200 on success), 0 when no
+    response arrived (refused): the value DbwatchProbeDown's summary shows as `HTTP 500`."""
+    store = Store()
+    async with login_app() as app:
+        job = ProbeJob(login_target(app.url), store)
+        assert store.gauge_value(m.PROBE_HTTP_STATUS, ("login",)) == 0
+        app.mode = "500"
+        with pytest.raises(LoginFailed):
+            await job.run()
+        assert store.gauge_value(m.PROBE_HTTP_STATUS, ("login",)) == 500
+        assert store.counter_value(m.PROBE_FAILURES, ("login", "status")) == 1
+        app.mode = "ok"
+        await job.run()
+        assert store.gauge_value(m.PROBE_HTTP_STATUS, ("login",)) == 200
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await job.run()  # the server is gone: refused, no response
+    assert store.gauge_value(m.PROBE_HTTP_STATUS, ("login",)) == 0
 
 
 def test_kind_table_has_login() -> None:

@@ -19,6 +19,7 @@ from dbwatch import metrics
 from dbwatch.collectors import COLLECTORS, defaults_for
 from dbwatch.hook import wire
 from dbwatch.secret import DSN, REDACTED, DSNError, Secret
+from dbwatch.slocheck import slo_source_problem
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -1255,9 +1256,8 @@ def from_mapping(raw: object) -> Config:
     for i, src in enumerate(logs.sources):
         if src.target is not None and src.target not in by_name:
             raise ConfigError(f"logs.sources[{i}].target: no target named {src.target!r}")
-    from dbwatch.rules import check_slos  # noqa: PLC0415 - dbwatch.rules imports this module
-
-    check_slos(slos, logs.sources, hook is not None)
+    if problem := slo_source_problem(slos, logs.sources, hook is not None):
+        raise ConfigError(problem)
     node.done()
     return Config(
         listen=listen, log=log, targets=tuple(targets), hook=hook, slos=tuple(slos), logs=logs, max_series=max_series

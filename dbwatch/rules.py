@@ -17,7 +17,7 @@ from typing import Any, Final
 import yaml
 
 from dbwatch import metrics as m
-from dbwatch.config import SLO, Config, ConfigError, LogSource, Target, Window
+from dbwatch.config import SLO, Config, ConfigError, Target, Window
 
 __all__ = [
     "ALERT",
@@ -26,7 +26,6 @@ __all__ = [
     "PROMETHEUSRULE_FILE",
     "RULES_FILE",
     "cap_for",
-    "check_slos",
     "included",
     "prom_duration",
     "prometheus_rule",
@@ -77,42 +76,6 @@ def _escape(value: str) -> str:
 def _le(bound: float) -> str:
     """The `le` label exactly as dbwatch's exposition writes it (see store.py)."""
     return repr(float(bound))
-
-
-def check_slos(slos: Iterable[SLO], sources: Iterable[LogSource], hook: bool) -> None:
-    """Refuse an access SLO that can never fire: its `source:` names no log source, or one without `access:`.
-
-    Args:
-        hook: the in-app hook is configured; its ASGI middleware feeds the same family with `source` = the app's
-            name, which the config does not know, so a name that is no log source is then taken as an app.
-    """
-    by_name = {s.name: (i, s) for i, s in enumerate(sources)}
-    with_access = [s.name for _, s in by_name.values() if s.access is not None]
-    for n, slo in enumerate(slos):
-        if slo.source != "access":
-            continue
-        if slo.log_source is None:
-            if not with_access and not hook:
-                raise ConfigError(
-                    f"slos[{n}].from: access reads request latency, but no logs.sources[] has an access: mapping "
-                    "and no hook: is configured, so this SLO can never fire"
-                )
-            continue
-        found = by_name.get(slo.log_source)
-        if found is None:
-            if hook:
-                continue
-            names = ", ".join(with_access) or "none"
-            raise ConfigError(
-                f"slos[{n}].source: no log source named {slo.log_source!r} (sources with access: {names}; "
-                "an in-app middleware's app name needs hook:)"
-            )
-        i, src = found
-        if src.access is None:
-            raise ConfigError(
-                f"slos[{n}].source: log source {slo.log_source!r} has no access: mapping (logs.sources[{i}].access), "
-                "so it feeds no request metrics and this SLO can never fire"
-            )
 
 
 def runbook_base(url: str) -> str:

@@ -16,9 +16,9 @@ from dbwatch.config import Config, Target
 from dbwatch.ingest import running_ingest
 from dbwatch.logs.source import LogWatcher
 from dbwatch.monconn import Monitors
-from dbwatch.probes import ProbeJob
+from dbwatch.probes.base import Riders
+from dbwatch.probes.job import ProbeJob
 from dbwatch.probes.own_sessions import OwnSessions
-from dbwatch.probes.postgres import Riders
 from dbwatch.scheduler import Job, Scheduler
 from dbwatch.store import Store
 from dbwatch.tasks import Tasks

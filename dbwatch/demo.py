@@ -25,8 +25,9 @@ from dbwatch import metrics as m
 from dbwatch.config import Config, load
 from dbwatch.daemon import serve
 from dbwatch.pgcluster import Cluster, ClusterError
-from dbwatch.probes import KINDS
+from dbwatch.probes import PROBES
 from dbwatch.store import Store
+from dbwatch.tasks import Tasks
 
 __all__ = ["ACCESS_DIR", "LOGIN_PASSWORD_ENV", "LOGIN_PATH", "run_demo"]
 
@@ -276,9 +277,9 @@ async def _run(config: Config, duration: float) -> None:
         base = f"http://{host}:{port}"
         _say(f"  metrics  {base}/metrics\n  healthz  {base}/healthz\n  readyz   {base}/readyz")
         _say("  Ctrl-C to stop (the cluster and its data dir are removed).")
-        ticker.append(asyncio.create_task(_report(store, config, stop)))
+        ticker.start(_report(store, config, stop), name="demo:report")
 
-    ticker: list[asyncio.Task[None]] = []
+    ticker = Tasks()
     loop = asyncio.get_running_loop()
     if duration > 0:
         loop.call_later(duration, stop.set)
@@ -287,10 +288,7 @@ async def _run(config: Config, duration: float) -> None:
         await serve(config, store=store, stop=stop, on_started=started)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        for t in ticker:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await ticker.stop()
 
 
 async def _report(store: Store, config: Config, stop: asyncio.Event) -> None:
@@ -299,7 +297,7 @@ async def _report(store: Store, config: Config, stop: asyncio.Event) -> None:
         stamp = time.strftime("%H:%M:%S")
         for t in config.targets:
             up = store.gauge_value(m.PROBE_UP, (t.name,))
-            kind = KINDS[t.kind]
+            kind = PROBES[t.kind]
             phases = []
             for phase in kind.phases:
                 n, total = store.histogram_value(m.PROBE_DURATION, (t.name, phase))

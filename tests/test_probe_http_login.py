@@ -19,8 +19,9 @@ from aiohttp import web
 from dbwatch import metrics as m
 from dbwatch.config import ConfigError, Target, from_mapping
 from dbwatch.pgcluster import free_port
-from dbwatch.probes import KINDS, ProbeJob
+from dbwatch.probes import PROBES
 from dbwatch.probes.http_login import MAX_BODY, HttpLoginProbe, LoginFailed, LoginReason, classify_login
+from dbwatch.probes.job import ProbeJob
 from dbwatch.store import Store
 from tests.helpers import SENTINEL, SENTINEL_FORMS, eventually, run_cli, running, sample
 
@@ -108,7 +109,7 @@ def _login_password(monkeypatch: pytest.MonkeyPatch) -> None:
 async def reason_of(t: Target) -> LoginReason:
     try:
         async with asyncio.timeout(t.timeout):
-            await HttpLoginProbe(t)(t, t.timeout)
+            await HttpLoginProbe(t).probe(t.timeout)
     except Exception as exc:
         leaked = any(f in str(exc) for f in SENTINEL_FORMS)
         reason = classify_login(exc)
@@ -122,7 +123,7 @@ async def test_http_login_ok_reports_phases_and_sends_credentials() -> None:
     """A good login yields connect, ttfb and total (no tls on http); the body carries the secret field."""
     async with login_app() as app:
         t = login_target(app.url, headers={"X-Probe": "dbwatch"})
-        phases = await HttpLoginProbe(t)(t, 2)
+        phases = await HttpLoginProbe(t).probe(2)
         assert set(phases) == {"connect", "ttfb", "total"}
         assert all(0 <= v < 2 for v in phases.values())
         assert phases["total"] >= phases["ttfb"]
@@ -143,12 +144,12 @@ async def test_https_login_reports_tls_phase_and_untrusted_cert_is_tls(tmp_path:
         t = login_target(url, tls={"ca_file": str(ca_file)})
         probe = HttpLoginProbe(t)
         for _ in range(2):  # the TLS context is reused across runs; each run gets fresh timings
-            phases = await probe(t, 2)
+            phases = await probe.probe(2)
             assert set(phases) == {"connect", "tls", "ttfb", "total"}
             assert phases["tls"] > 0
         assert await reason_of(login_target(url)) is LoginReason.TLS
         insecure = login_target(url, tls={"insecure_skip_verify": True})
-        assert "tls" in await HttpLoginProbe(insecure)(insecure, 2)
+        assert "tls" in await HttpLoginProbe(insecure).probe(2)
 
 
 async def test_refused_and_timeout() -> None:
@@ -182,7 +183,7 @@ async def test_wrong_password_is_status(monkeypatch: pytest.MonkeyPatch, tmp_pat
     pw.write_text(SENTINEL + "\n")
     async with login_app() as app:
         t = login_target(app.url, secret_fields={"password": {"file": str(pw)}}, body_encoding="form")
-        await HttpLoginProbe(t)(t, 2)
+        await HttpLoginProbe(t).probe(2)
         assert app.seen[-1] == {"username": "probe@example.com", "password": SENTINEL}
         pw.write_text("wrong")
         t = login_target(app.url, secret_fields={"password": {"file": str(pw)}})
@@ -192,7 +193,7 @@ async def test_wrong_password_is_status(monkeypatch: pytest.MonkeyPatch, tmp_pat
 async def test_equals_and_list_paths() -> None:
     async with login_app() as app:
         t = login_target(app.url, expect_json={"path": "token_type", "equals": "bearer"})
-        assert "total" in await HttpLoginProbe(t)(t, 2)
+        assert "total" in await HttpLoginProbe(t).probe(2)
 
 
 def test_classify_dns_and_unknown() -> None:
@@ -261,7 +262,7 @@ async def test_probe_job_records_the_last_http_status() -> None:
 
 
 def test_kind_table_has_login() -> None:
-    kind = KINDS["http_login"]
+    kind = PROBES["http_login"]
     assert kind.phases == ("connect", "tls", "ttfb", "total")
     assert {r.value for r in kind.reasons} >= {"refused", "timeout", "status", "body_mismatch", "tls"}
     store = Store()

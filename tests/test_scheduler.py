@@ -11,7 +11,7 @@ import pytest
 import dbwatch.scheduler as sched
 from dbwatch import metrics as m
 from dbwatch.config import from_mapping
-from dbwatch.probes import ProbeJob
+from dbwatch.probes.job import ProbeJob
 from dbwatch.scheduler import Scheduler
 from dbwatch.store import Store
 from tests.helpers import eventually

@@ -17,10 +17,11 @@ import time
 import urllib.parse
 from enum import StrEnum
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from dbwatch.config import LoginCheck, Target
 from dbwatch.errors import Reason, classify
+from dbwatch.probes.base import Rider
 
 __all__ = ["MAX_BODY", "PHASES", "HttpLoginProbe", "LoginFailed", "LoginReason", "check_body", "classify_login"]
 
@@ -143,22 +144,30 @@ def check_body(check: LoginCheck, raw: bytes) -> None:
 
 
 class HttpLoginProbe:
-    """The login probe of one target; holds its TLS context (built once, reused by every run) and last HTTP status."""
+    """The `http_login` kind: one target's login check; holds its TLS context (built once, reused by every run) and
+    last HTTP status."""
 
-    def __init__(self, target: Target) -> None:
+    name: ClassVar[str] = "http_login"
+    phases: ClassVar[tuple[str, ...]] = PHASES
+    reasons: ClassVar[type[StrEnum]] = LoginReason
+
+    def __init__(self, target: Target, rider: Rider | None = None) -> None:
         if target.login is None:
             raise TypeError("http_login target without a login check")
+        self._check = target.login
         self._ctx = _context(target.login) if target.login.url.startswith("https:") else None
         self.last_status = 0  # HTTP status of the last run's response; 0 when none arrived
 
-    async def __call__(self, target: Target, timeout: float) -> dict[str, float]:
+    async def probe(self, timeout: float) -> dict[str, float]:
         """Send the configured login request over a new connection; seconds per phase, or raise."""
-        if target.login is None:
-            raise TypeError("http_login target without a login check")
         if self._ctx is not None:
             self._ctx.tls_started = None  # runs of one target never overlap
         self.last_status = 0
-        return await _probe(target.login, self._ctx, timeout, self)
+        return await _probe(self._check, self._ctx, timeout, self)
+
+    def classify(self, exc: BaseException) -> LoginReason:
+        """The login probe's own reason set."""
+        return classify_login(exc)
 
 
 async def _probe(

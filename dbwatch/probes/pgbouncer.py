@@ -8,15 +8,18 @@ extended protocol, which the console refuses.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from dbwatch.config import Target
+from dbwatch.errors import Reason, classify
+from dbwatch.probes.base import Rider
 from dbwatch.probes.postgres import APPLICATION_NAME
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PHASES", "connect_pgbouncer", "probe_pgbouncer"]
+__all__ = ["PHASES", "PgbouncerProbe", "connect_pgbouncer", "probe_pgbouncer"]
 
 # startup: TCP connect, TLS and authentication together (libpq does them in one call).
 PHASES: Final = ("startup", "query")
@@ -58,3 +61,22 @@ async def probe_pgbouncer(target: Target, timeout: float) -> dict[str, float]:
     finally:
         await conn.close()
     return {"startup": t1 - t0, "query": t2 - t1}
+
+
+class PgbouncerProbe:
+    """The `pgbouncer` kind: `probe_pgbouncer` on the target's admin console (nothing rides on it)."""
+
+    name: ClassVar[str] = "pgbouncer"
+    phases: ClassVar[tuple[str, ...]] = PHASES
+    reasons: ClassVar[type[StrEnum]] = Reason
+
+    def __init__(self, target: Target, rider: Rider | None = None) -> None:
+        self._target = target
+
+    async def probe(self, timeout: float) -> dict[str, float]:
+        """Connect, `SHOW VERSION`, close; seconds per phase."""
+        return await probe_pgbouncer(self._target, timeout)
+
+    def classify(self, exc: BaseException) -> Reason:
+        """The shared reason set (dbwatch.errors)."""
+        return classify(exc)

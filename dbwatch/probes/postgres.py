@@ -13,46 +13,20 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from enum import StrEnum
+from typing import Any, ClassVar, Final
 
 import asyncpg
 
 from dbwatch.config import Target
+from dbwatch.errors import Reason, classify
+from dbwatch.probes.base import Rider
 from dbwatch.secret import DSN
 
-__all__ = ["APPLICATION_NAME", "PHASES", "Rider", "Riders", "connect_kwargs", "probe_postgres"]
+__all__ = ["APPLICATION_NAME", "PHASES", "PostgresProbe", "connect_kwargs", "probe_postgres"]
 
 APPLICATION_NAME: Final = "dbwatch"
 PHASES: Final = ("connect", "startup", "query")
-
-
-class Rider(Protocol):
-    """Something that reads a few columns in the probe's one statement instead of a second connection of its own."""
-
-    def columns(self) -> str | None:
-        """The select-list to add now (column names unique across riders), or None."""
-        ...
-
-    def seen(self, row: Mapping[str, Any]) -> None:
-        """The probe's row (only after a successful probe)."""
-        ...
-
-
-class Riders:
-    """Several riders on one probe: their columns in one statement, the row to each."""
-
-    def __init__(self, *riders: Rider | None) -> None:
-        self._riders = [r for r in riders if r is not None]
-
-    def columns(self) -> str | None:
-        """Every rider's columns now, or None when none asks."""
-        wanted = [c for r in self._riders if (c := r.columns()) is not None]
-        return ", ".join(wanted) if wanted else None
-
-    def seen(self, row: Mapping[str, Any]) -> None:
-        """Hand the row to each rider."""
-        for r in self._riders:
-            r.seen(row)
 
 
 class _TimedLoop:
@@ -128,3 +102,23 @@ async def probe_postgres(target: Target, timeout: float, rider: Rider | None = N
         rider.seen(dict(row))
     connect = loop.connect_seconds if loop.connect_seconds is not None else 0.0
     return {"connect": connect, "startup": max(0.0, (t1 - t0) - connect), "query": t2 - t1}
+
+
+class PostgresProbe:
+    """The `postgres` kind: `probe_postgres` on the target, with the riders of its one statement."""
+
+    name: ClassVar[str] = "postgres"
+    phases: ClassVar[tuple[str, ...]] = PHASES
+    reasons: ClassVar[type[StrEnum]] = Reason
+
+    def __init__(self, target: Target, rider: Rider | None = None) -> None:
+        self._target = target
+        self._rider = rider
+
+    async def probe(self, timeout: float) -> dict[str, float]:
+        """Connect, run one statement, close; seconds per phase."""
+        return await probe_postgres(self._target, timeout, self._rider)
+
+    def classify(self, exc: BaseException) -> Reason:
+        """The shared reason set (dbwatch.errors)."""
+        return classify(exc)

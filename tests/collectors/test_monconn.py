@@ -10,7 +10,7 @@ import pytest
 from dbwatch import metrics as m
 from dbwatch.errors import Reason
 from dbwatch.pgcluster import free_port
-from dbwatch.probes import ProbeJob
+from dbwatch.probes.job import ProbeJob
 from tests.collectors.conftest import harness, make_target, sessions
 
 CB = "client backend"

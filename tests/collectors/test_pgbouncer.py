@@ -11,7 +11,7 @@ import pytest
 
 from dbwatch import metrics as m
 from dbwatch.errors import Reason, classify
-from dbwatch.probes import ProbeJob
+from dbwatch.probes.job import ProbeJob
 from tests.collectors.bouncer import Bouncer
 from tests.collectors.conftest import harness, make_target
 

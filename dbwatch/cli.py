@@ -1,4 +1,7 @@
-"""Command line: run | check-config | rules | scan | demo. Exit 0 ok, 1 runtime failure, 2 bad usage or config."""
+"""Command line: run | check-config | config | rules | scan | demo.
+
+Exit 0 ok, 1 runtime failure, 2 bad usage or config.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 # Top-level modules of the `daemon` extra: an app image with only `dbwatch[hook]` lacks them.
-DAEMON_MODULES = frozenset({"aiohttp", "asyncpg", "bcrypt", "h11", "prometheus_client", "psycopg", "structlog", "yaml"})
+DAEMON_MODULES = frozenset(
+    {"aiohttp", "asyncpg", "bcrypt", "h11", "msgspec", "prometheus_client", "psycopg", "structlog", "yaml"}
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
         "sections are the runbook; point it at your copy or wiki)",
     )
 
+    cfg = sub.add_parser(
+        "config",
+        help="the config file's JSON Schema and reference",
+        description="Print the JSON Schema of the config file (or of the web config file), for editors and CI; or "
+        "write README's generated config reference.",
+    )
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="WHAT", required=True)
+    schema = cfg_sub.add_parser("schema", help="print the JSON Schema (draft 2020-12)")
+    schema.add_argument("--web", action="store_true", help="the --web.config.file format instead")
+    ref = cfg_sub.add_parser("reference", help="write the generated config reference into a README")
+    ref.add_argument("readme", metavar="FILE", help="a Markdown file with the reference markers (README.md)")
+    ref.add_argument("--check", action="store_true", help="change nothing; exit 1 if it is out of date")
+
     demo = sub.add_parser(
         "demo",
         help="run against a throwaway local PostgreSQL",
@@ -137,10 +155,32 @@ def _load(path: str, listen: str | None = None) -> Config:
 
     config = load(path)
     if listen:
-        from dataclasses import replace
+        from msgspec.structs import replace
 
         config = replace(config, listen=parse_listen(listen, "--listen"))
     return config
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    import json
+
+    from dbwatch import config, reference, webconfig
+
+    web = getattr(args, "web", False)
+    schema = webconfig.json_schema() if web else config.json_schema()
+    if args.config_command == "schema":
+        sys.stdout.write(json.dumps(schema, indent=2) + "\n")
+        return EXIT_OK
+    if reference.update(Path(args.readme), schema, check=args.check):
+        return EXIT_OK
+    if args.check:
+        sys.stderr.write(
+            f"dbwatch: the config reference in {args.readme} is out of date; run: "
+            f"dbwatch config reference {args.readme}\n"
+        )
+        return EXIT_FAIL
+    sys.stdout.write(f"wrote: {args.readme}\n")
+    return EXIT_OK
 
 
 def _rules(args: argparse.Namespace) -> int:
@@ -235,6 +275,8 @@ def _command(args: argparse.Namespace) -> int:
 
             asyncio.run(serve(config, web_config=web_config))
             return EXIT_OK
+        if args.command == "config":
+            return _config_command(args)
         if args.command == "rules":
             return _rules(args)
         if args.command == "demo":

@@ -95,7 +95,7 @@ class Coordinator:
 
     def __init__(self, target: Target, store: Store) -> None:
         self.target = target.name
-        self.mode = target.collect.mode
+        self.mode: str = target.collect.mode
         self._store = store
         self.holder = False
         # Try once at start-up; afterwards only when a probe saw the lock free (or after losing our own session).

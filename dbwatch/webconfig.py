@@ -21,14 +21,26 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 import structlog
+from msgspec import Meta
 
-from dbwatch.config import ConfigError, _bool, _Node, _str, read_yaml
+from dbwatch import schema
 from dbwatch.httpd import Handler, Middleware, Request, Response
+from dbwatch.schema import BcryptHash, ConfigError, ReadablePath, Struct, convert, read_yaml
 
-__all__ = ["BCRYPT_MAX_BYTES", "HEALTH_PATHS", "AuthResult", "TLSConfig", "TLSReloader", "WebConfig", "load"]
+__all__ = [
+    "BCRYPT_MAX_BYTES",
+    "HEALTH_PATHS",
+    "AuthResult",
+    "TLSConfig",
+    "TLSReloader",
+    "WebConfig",
+    "json_schema",
+    "load",
+]
 
 log = structlog.get_logger("dbwatch.webconfig")
 
@@ -61,7 +73,6 @@ _TOOLKIT_ONLY: Final = {
     ),
     "http_server_config": (),
 }
-_BCRYPT_RE: Final = re.compile(r"^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$")
 _UNAUTHORIZED_BODY: Final = "Unauthorized\n"
 _AUTH_CACHE_SIZE: Final = 1024  # verified (user, password) pairs, good and bad, kept as HMACs
 BCRYPT_MAX_BYTES: Final = 72  # bcrypt reads at most this much of a password
@@ -303,106 +314,116 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _reject_toolkit_only(node: _Node, section: str) -> None:
-    for key in _TOOLKIT_ONLY[section]:
-        if key in node.raw:
-            raise ConfigError(f"{section}.{key}: exporter-toolkit option not supported by dbwatch")
+ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 
 
-def _readable(node: _Node, key: str) -> str:
-    path = node.take(key, _str, "")
-    if path and not os.access(path, os.R_OK):
-        raise ConfigError(f"{node._key(key)}: cannot read {path}")
-    return path
+class TLSFile(Struct, frozen=True):
+    """`tls_server_config`: the server's certificate and key, and how client certificates are checked."""
+
+    cert_file: Annotated[ReadablePath, Meta(description="Server certificate (PEM); re-read when it changes.")]
+    key_file: Annotated[ReadablePath, Meta(description="Server key (PEM).")]
+    client_ca_file: Annotated[ReadablePath, Meta(description="CA certificates that sign client certificates.")] = ""
+    client_auth_type: Annotated[ClientAuth, Meta(description="Whether a client certificate is asked for.")] = (
+        "NoClientCert"
+    )
+    min_version: Annotated[TLSVersion, Meta(description="Lowest TLS version.")] = "TLS12"
+    max_version: Annotated[TLSVersion | None, Meta(description="Highest TLS version; default: the newest.")] = None
+
+    def __post_init__(self) -> None:
+        auth = self.client_auth_type
+        if self.client_ca_file and auth == "NoClientCert":
+            raise ValueError(".client_ca_file: given without a client_auth_type that verifies")
+        if auth != "NoClientCert" and not self.client_ca_file:
+            raise ValueError(f".client_ca_file: missing (needed by client_auth_type {auth})")
+        if self.max_version and TLS_VERSIONS[self.max_version] < TLS_VERSIONS[self.min_version]:
+            raise ValueError(".max_version: lower than min_version")
 
 
-def _tls(raw: object) -> TLSConfig:
-    node = _Node(raw, "tls_server_config")
-    _reject_toolkit_only(node, "tls_server_config")
-    node.only("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version")
-    cert_file = _readable(node, "cert_file")
-    key_file = _readable(node, "key_file")
-    if not cert_file:
-        raise ConfigError("tls_server_config.cert_file: missing (TLS needs a certificate and a key)")
-    if not key_file:
-        raise ConfigError("tls_server_config.key_file: missing (TLS needs a certificate and a key)")
-    client_ca = _readable(node, "client_ca_file")
-    auth = node.take("client_auth_type", _str, "NoClientCert")
-    if auth in _UNVERIFIED_AUTH_TYPES:
-        raise ConfigError(
-            f"tls_server_config.client_auth_type: {auth} is not supported (an unverified client certificate "
-            "proves nothing); use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
-        )
-    if auth not in CLIENT_AUTH_TYPES:
-        raise ConfigError(f"tls_server_config.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}")
-    if client_ca and auth == "NoClientCert":
-        raise ConfigError("tls_server_config.client_ca_file: given without a client_auth_type that verifies")
-    if auth != "NoClientCert" and not client_ca:
-        raise ConfigError(f"tls_server_config.client_ca_file: missing (needed by client_auth_type {auth})")
-    versions: dict[str, str] = {}
-    for key, default in (("min_version", "TLS12"), ("max_version", "")):
-        v = node.take(key, _str, default)
-        if v and v not in TLS_VERSIONS:
-            raise ConfigError(f"tls_server_config.{key}: must be one of {', '.join(TLS_VERSIONS)}")
-        versions[key] = v
-    if versions["max_version"] and TLS_VERSIONS[versions["max_version"]] < TLS_VERSIONS[versions["min_version"]]:
-        raise ConfigError("tls_server_config.max_version: lower than min_version")
-    node.done()
-    return TLSConfig(cert_file, key_file, client_ca, auth, versions["min_version"], versions["max_version"])
+class HTTPFile(Struct, frozen=True):
+    """`http_server_config`."""
+
+    http2: Annotated[
+        bool, Meta(description="Accepted so a shared exporter web config loads; dbwatch speaks HTTP/1.1.")
+    ] = True
+    headers: Annotated[dict[str, str], Meta(description="Headers added to every response.")] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        for name, value in self.headers.items():
+            if not re.match(r"^[A-Za-z0-9-]+$", name) or "\n" in value or "\r" in value:
+                raise ValueError(f".headers.{name}: not a valid header")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f".headers.{name}: dbwatch sets this header itself")
 
 
-def _users(raw: object) -> dict[str, bytes]:
-    node = _Node(raw, "basic_auth_users")
-    users: dict[str, bytes] = {}
-    for user in list(node.raw):
-        if ":" in user or not user:
-            raise ConfigError("basic_auth_users: a user name must be non-empty and must not contain ':'")
-        value = node.raw.pop(user)
-        path = f"basic_auth_users.{user}"
-        if not isinstance(value, str) or not _BCRYPT_RE.match(value):
-            raise ConfigError(f'{path}: expected a bcrypt hash ($2y$10$…, e.g. from `htpasswd -nBC 10 ""`)')
-        hashed = value.encode()
-        import bcrypt  # noqa: PLC0415
+class DbwatchFile(Struct, frozen=True):
+    """`dbwatch`: dbwatch's own keys."""
 
-        try:
-            bcrypt.checkpw(b"", hashed)
-        except ValueError:
-            raise ConfigError(f"{path}: not a valid bcrypt hash") from None
-        users[user] = hashed
-    return users
+    open_health_endpoints: Annotated[
+        bool, Meta(description="/healthz and /readyz need no credentials or client certificate (kubelet probes).")
+    ] = True
 
 
-def _http(raw: object) -> tuple[tuple[str, str], ...]:
-    node = _Node(raw, "http_server_config").only("http2", "headers")
-    # dbwatch speaks HTTP/1.1; `http2` is accepted so a shared exporter web config loads unchanged.
-    node.take("http2", _bool, True)
-    hnode = _Node(node.take("headers", lambda v, p: v, {}), "http_server_config.headers")
-    headers: list[tuple[str, str]] = []
-    for name in list(hnode.raw):
-        value = hnode.take(name, _str, "")
-        if not re.match(r"^[A-Za-z0-9-]+$", name) or "\n" in value or "\r" in value:
-            raise ConfigError(f"http_server_config.headers.{name}: not a valid header")
-        if name.lower() in ("authorization", "www-authenticate", "content-type", "content-length", "content-encoding"):
-            raise ConfigError(f"http_server_config.headers.{name}: dbwatch sets this header itself")
-        headers.append((name, value))
-    node.done()
-    return tuple(headers)
+class WebFile(Struct, frozen=True):
+    """The web config file (Prometheus exporter-toolkit format)."""
+
+    tls_server_config: Annotated[TLSFile | None, Meta(description="Serve HTTPS.")] = None
+    http_server_config: Annotated[HTTPFile, Meta(description="HTTP settings.")] = msgspec.field(
+        default_factory=HTTPFile
+    )
+    basic_auth_users: Annotated[
+        dict[str, BcryptHash], Meta(description='User name -> bcrypt hash (`htpasswd -nBC 10 ""`).')
+    ] = msgspec.field(default_factory=dict)
+    dbwatch: Annotated[DbwatchFile, Meta(description="dbwatch's own keys.")] = msgspec.field(
+        default_factory=DbwatchFile
+    )
+
+    def __post_init__(self) -> None:
+        if any(":" in user or not user for user in self.basic_auth_users):
+            raise ValueError(".basic_auth_users: a user name must be non-empty and must not contain ':'")
+
+
+_OWN_HEADERS: Final = ("authorization", "www-authenticate", "content-type", "content-length", "content-encoding")
+
+
+def _refuse_toolkit_only(raw: object) -> object:
+    """Name exporter-toolkit keys dbwatch does not implement, instead of calling them unknown."""
+    tls = raw.get("tls_server_config") if isinstance(raw, dict) else None
+    if isinstance(tls, dict):
+        for key in _TOOLKIT_ONLY["tls_server_config"]:
+            if key in tls:
+                raise ConfigError(f"tls_server_config.{key}: exporter-toolkit option not supported by dbwatch")
+        auth = tls.get("client_auth_type")
+        if auth in _UNVERIFIED_AUTH_TYPES:
+            raise ConfigError(
+                f"tls_server_config.client_auth_type: {auth} is not supported (an unverified client certificate "
+                "proves nothing); use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+            )
+    return raw
+
+
+def json_schema() -> dict[str, Any]:
+    """The web config file's JSON Schema (`dbwatch config schema --web`)."""
+    return schema.json_schema(WebFile, "dbwatch web config")
 
 
 def from_mapping(raw: object) -> WebConfig:
     """Validate an already-parsed web config."""
-    node = _Node(raw if raw is not None else {}, "").only(
-        "tls_server_config", "http_server_config", "basic_auth_users", "dbwatch"
+    f: WebFile = convert(raw, WebFile, prepare=_refuse_toolkit_only)
+    t = f.tls_server_config
+    tls = (
+        TLSConfig(t.cert_file, t.key_file, t.client_ca_file, t.client_auth_type, t.min_version, t.max_version or "")
+        if t is not None
+        else None
     )
-    tls_raw = node.take("tls_server_config", lambda v, p: v, None)
-    tls = _tls(tls_raw) if tls_raw is not None else None
-    headers = _http(node.take("http_server_config", lambda v, p: v, {}))
-    users = _users(node.take("basic_auth_users", lambda v, p: v, {}))
-    dnode = _Node(node.take("dbwatch", lambda v, p: v, {}), "dbwatch").only("open_health_endpoints")
-    open_health = dnode.take("open_health_endpoints", _bool, True)
-    dnode.done()
-    node.done()
-    web_config = WebConfig(tls=tls, users=users, headers=headers, open_health_endpoints=open_health)
+    web_config = WebConfig(
+        tls=tls,
+        users=dict(f.basic_auth_users),
+        headers=tuple(f.http_server_config.headers.items()),
+        open_health_endpoints=f.dbwatch.open_health_endpoints,
+    )
     web_config.ssl_context()  # load certificate, key and CA now, so a bad one is a config error at start-up
     return web_config
 

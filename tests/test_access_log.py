@@ -368,7 +368,7 @@ def test_access_config_validation() -> None:
         ({"gunicorn_format": '%(h)s "%(r)s" %(s)s'}, "gunicorn_format: needs a duration atom"),
         ({"gunicorn_format": "%(s)s %(D)s"}, "gunicorn_format: needs %(r)s"),
         ({"nginx_format": "$request $status"}, "nginx_format: needs $request_time"),
-        ({"max_routes": 0}, "max_routes: expected a number"),
+        ({"max_routes": 0}, "max_routes: must be between 1 and 1000"),
         ({"routes": ["api/x"]}, "routes[0]: a route template starts with /"),
         ({"duration_unit": "minutes"}, "duration_unit: must be one of"),
         ({"colour": 1}, "sources[0].access.colour: unknown key"),

@@ -300,7 +300,7 @@ def test_threshold_must_be_a_bucket_boundary(tmp_path: Path) -> None:
         ({"windows": [{"long": "5m", "short": "1h", "burn_rate": 14.4, "severity": "page"}]}, "short: must be shorter"),
         ({"windows": [{"long": "60d", "short": "1h", "burn_rate": 1, "severity": "page"}]}, "longer than the period"),
         ({"windows": [{"long": "1h", "short": "5m", "burn_rate": 2, "severity": "sms"}]}, "severity: must be one of"),
-        ({"min_events": -1}, "slos[0].min_events: expected a whole number"),
+        ({"min_events": -1}, "slos[0].min_events: must be >= 0"),
         ({"name": "Login SLO"}, "slos[0].name: use 1-63 lower-case"),
     ],
 )

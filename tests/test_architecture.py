@@ -169,15 +169,9 @@ def test_log_formats_stay_pure() -> None:
     assert {top: str(imp) for top, imp in externals(chains).items() if top != "structlog"} == {}
 
 
-# Edges the server contract does not follow yet. webconfig takes its YAML helpers from config, which imports the
-# collector table (to validate names) and the hook's wire address: goes once config and webconfig share a
-# machinery of their own (issue 16, the `config` part).
-SERVER_IGNORES = frozenset({("dbwatch.webconfig", "dbwatch.config")})
-
-
 def test_the_server_imports_no_collector_probe_or_parser() -> None:
     """The HTTP side (server, health) reaches the store, metrics and web config, never a plug-in or the root."""
-    chains = reach(["dbwatch.server", "dbwatch.health"], ignore=SERVER_IGNORES)
+    chains = reach(["dbwatch.server", "dbwatch.health"])
     forbidden = (
         "dbwatch.app",
         "dbwatch.collectors",
@@ -251,13 +245,7 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 
 # Private names taken across modules today; each goes with the rewrite named beside it (then delete the entry).
-PRIVATE_ALLOWED = frozenset(
-    {
-        ("dbwatch.webconfig", "dbwatch.config._bool"),  # issue 16, `config`: webconfig on the shared machinery
-        ("dbwatch.webconfig", "dbwatch.config._Node"),
-        ("dbwatch.webconfig", "dbwatch.config._str"),
-    }
-)
+PRIVATE_ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 def _private(imp: Import) -> bool:

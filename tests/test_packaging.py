@@ -17,6 +17,7 @@ from tests.helpers import REPO
 DAEMON_DISTS = {
     "aiohttp",
     "h11",
+    "msgspec",
     "asyncpg",
     "psycopg",
     "psycopg-binary",
@@ -87,7 +88,17 @@ def test_hook_extra_installs_without_daemon_dependencies(tmp_path: Path) -> None
     assert not dists & DAEMON_DISTS, dists
     assert got["instrumented"] is True
     assert got["checkouts"] == 3
-    daemon_modules = {"aiohttp", "h11", "asyncpg", "psycopg", "bcrypt", "prometheus_client", "structlog", "yaml"}
+    daemon_modules = {
+        "aiohttp",
+        "h11",
+        "msgspec",
+        "asyncpg",
+        "psycopg",
+        "bcrypt",
+        "prometheus_client",
+        "structlog",
+        "yaml",
+    }
     assert not {m.partition(".")[0] for m in got["modules"]} & daemon_modules
 
     # The console script is there too: the offline scan works, the daemon's commands say what to install.

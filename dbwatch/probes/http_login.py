@@ -103,11 +103,11 @@ def _context(check: LoginCheck) -> _TimedContext:
 
 def _request_parts(check: LoginCheck) -> dict[str, Any]:
     headers = {"User-Agent": USER_AGENT, **dict(check.headers)}
-    headers.update({k: s.reveal() for k, s in check.secret_headers})
+    headers.update({k: s.reveal() for k, s in check.secret_headers.items()})
     kwargs: dict[str, Any] = {"headers": headers}
     if check.body_json is not None or check.secret_fields:
         body: dict[str, Any] = json.loads(check.body_json or "{}")
-        body.update({k: s.reveal() for k, s in check.secret_fields})
+        body.update({k: s.reveal() for k, s in check.secret_fields.items()})
         if check.body_encoding == "form":
             kwargs["data"] = urllib.parse.urlencode({k: _form_value(v) for k, v in body.items()})
             headers["Content-Type"] = "application/x-www-form-urlencoded"

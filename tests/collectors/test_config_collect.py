@@ -28,7 +28,10 @@ def test_defaults_follow_the_kind_and_the_probe_schedule() -> None:
 @pytest.mark.parametrize(
     ("collect", "message"),
     [
-        ({"collectors": ["pg_nope"]}, "targets[0].collect.collectors[0]: unknown collector 'pg_nope'"),
+        (
+            {"collectors": ["pg_nope"]},
+            "targets[0].collect.collectors[0]: must be one of pg_activity, pg_database, pgbouncer",
+        ),
         ({"collectors": ["pgbouncer"]}, "targets[0].collect.collectors[0]: pgbouncer reads a pgbouncer target"),
         ({"collectors": ["pg_activity", "pg_activity"]}, "targets[0].collect.collectors: a collector is listed twice"),
         ({"interval": "5s", "budget": "6s"}, "targets[0].collect.budget: must not exceed"),

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from dbwatch.pgcluster import Cluster
-from tests.helpers import SENTINEL, SENTINEL_FORMS
+from tests.helpers import PG, SENTINEL, SENTINEL_FORMS, PGFactory
 
 _leaks: list[str] = []
-
-
-@dataclass
-class PG:
-    """The session cluster plus the app role whose password is the sentinel."""
-
-    cluster: Cluster
-    user: str = "app"
-    password: str = field(default=SENTINEL, repr=False)
-    database: str = "appdb"
-
-    @property
-    def dsn(self) -> str:
-        return self.cluster.dsn(self.user, self.password, self.database)
-
-    @property
-    def port(self) -> int:
-        return self.cluster.port
 
 
 def _app_role(cluster: Cluster) -> PG:
@@ -47,7 +28,7 @@ def pg() -> Iterator[PG]:
 
 
 @pytest.fixture
-def pg_factory() -> Iterator[object]:
+def pg_factory() -> Iterator[PGFactory]:
     """Make private clusters a test may stop, kill or exhaust; all removed afterwards."""
     made: list[Cluster] = []
 

@@ -18,6 +18,7 @@ import aiohttp
 
 from dbwatch.config import Config, from_mapping
 from dbwatch.daemon import serve
+from dbwatch.pgcluster import Cluster
 from dbwatch.store import Store
 from dbwatch.webconfig import WebConfig
 
@@ -25,6 +26,28 @@ from dbwatch.webconfig import WebConfig
 SENTINEL = "Xq7#sentinel%PW-zebra"
 SENTINEL_FORMS = (SENTINEL, urllib.parse.quote(SENTINEL, safe=""), urllib.parse.quote_plus(SENTINEL))
 REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class PG:
+    """A test cluster plus the app role whose password is the sentinel."""
+
+    cluster: Cluster
+    user: str = "app"
+    password: str = field(default=SENTINEL, repr=False)
+    database: str = "appdb"
+
+    @property
+    def dsn(self) -> str:
+        return self.cluster.dsn(self.user, self.password, self.database)
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+
+# The `pg_factory` fixture: makes a private cluster (Cluster's keyword arguments), removed after the test.
+PGFactory = Callable[..., PG]
 
 
 async def eventually(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -112,6 +135,13 @@ def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float 
             if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items())):
                 return float(s.value)
     return None
+
+
+def value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Value of one sample that must be in the exposition text."""
+    found = sample(text, name, labels)
+    assert found is not None, f"no sample {name} {labels or ''}"
+    return found
 
 
 def demo_process(*args: str, stderr: int = subprocess.STDOUT) -> subprocess.Popen[str]:

@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -201,7 +201,7 @@ def nginx(tmp_path: Path, app_port: int) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.mark.parametrize("which", ["request_time", "upstream_response_time"])
-def test_real_nginx_ingress_format(tmp_path: Path, which: str) -> None:
+def test_real_nginx_ingress_format(tmp_path: Path, which: Literal["request_time", "upstream_response_time"]) -> None:
     """nginx proxying to gunicorn, logging in ingress-nginx's default upstreaminfo format."""
     with (
         gunicorn(tmp_path, '%(h)s "%(r)s" %(s)s %(D)s') as (app_base, _),

@@ -158,7 +158,11 @@ def test_inhibitions_never_mute_a_cause_nor_a_page() -> None:
     am = yaml.safe_load((CONFIG / "alertmanager.example.yml").read_text())
     generated = {a["alert"] for a in alerts(CONFIG / rules.RULES_FILE)}
     for rule in am.get("inhibit_rules", []):
-        target = dict(re.match(r'^(\w+)(=~?)"(.*)"$', t).groups()[::2] for t in rule["target_matchers"])  # type: ignore[union-attr]
+        target = {}
+        for matcher in rule["target_matchers"]:
+            found = re.match(r'^(\w+)(=~?)"(.*)"$', matcher)
+            assert found is not None, matcher
+            target[found.group(1)] = found.group(3)
         assert target.get("severity") == "ticket", rule
         muted = {n for n in CAUSES | generated if re.fullmatch(target["alertname"], n)}
         assert muted, rule

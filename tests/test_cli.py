@@ -17,7 +17,7 @@ import pytest
 
 from dbwatch import __version__
 from dbwatch.pgcluster import free_port
-from tests.helpers import REPO, SENTINEL_FORMS, demo_process, run_cli
+from tests.helpers import PG, REPO, SENTINEL_FORMS, demo_process, run_cli
 
 
 def test_version() -> None:
@@ -45,7 +45,7 @@ def _get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_run_serves_and_stops_gracefully_on_sigterm(pg, tmp_path: Path) -> None:
+def test_run_serves_and_stops_gracefully_on_sigterm(pg: PG, tmp_path: Path) -> None:
     """`dbwatch run` logs JSON events, serves /metrics, and exits 0 on SIGTERM with a server_stopped event."""
     port = free_port()
     cfg = tmp_path / "c.yaml"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dbwatch.pgcluster import free_port
-from tests.helpers import REPO
+from tests.helpers import PG, REPO
 
 # A daemon in a fresh interpreter: serve the config until every job of every target has run twice, then print
 # which of the optional libraries are in sys.modules.
@@ -64,7 +64,7 @@ def _target(pg: Any) -> dict[str, Any]:
     return {"name": "main", "dsn": pg.dsn, "interval": 0.5, "timeout": 0.5}
 
 
-def test_plain_config_imports_no_optional_library(pg, tmp_path: Path) -> None:
+def test_plain_config_imports_no_optional_library(pg: PG, tmp_path: Path) -> None:
     """A postgres target with its collectors, a log source and the hook: no psycopg, bcrypt, SQLAlchemy or aiohttp."""
     (tmp_path / "app.log").write_text("hello\n")
     raw = {
@@ -75,14 +75,14 @@ def test_plain_config_imports_no_optional_library(pg, tmp_path: Path) -> None:
     assert _loaded(raw) == set()
 
 
-def test_pgbouncer_target_imports_psycopg(pg) -> None:
+def test_pgbouncer_target_imports_psycopg(pg: PG) -> None:
     """A pgbouncer target (refused here: the import happens at the first connect) loads psycopg, nothing else."""
     bouncer = {"name": "bouncer", "kind": "pgbouncer", "dsn": f"postgresql://u:p@127.0.0.1:{free_port()}/pgbouncer"}
     raw = {"targets": [_target(pg), {**bouncer, "interval": 0.5, "timeout": 0.5}]}
     assert _loaded(raw) == {"psycopg"}
 
 
-def test_login_probe_imports_aiohttp(pg) -> None:
+def test_login_probe_imports_aiohttp(pg: PG) -> None:
     """An http_login target (refused here: the import happens at its first run) loads aiohttp, nothing else."""
     login = {"name": "login", "kind": "http_login", "url": f"http://127.0.0.1:{free_port()}/login"}
     raw = {"targets": [_target(pg), {**login, "interval": 0.5, "timeout": 0.5}]}
@@ -90,7 +90,7 @@ def test_login_probe_imports_aiohttp(pg) -> None:
 
 
 @pytest.mark.parametrize("users", [False, True])
-def test_web_config_imports_bcrypt_only_with_basic_auth(pg, tmp_path: Path, users: bool) -> None:
+def test_web_config_imports_bcrypt_only_with_basic_auth(pg: PG, tmp_path: Path, users: bool) -> None:
     """A web config loads bcrypt only when it has basic_auth_users."""
     import bcrypt
 

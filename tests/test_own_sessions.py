@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from dbwatch import metrics as m
-from tests.helpers import Daemon, eventually, running
+from tests.helpers import Daemon, PGFactory, eventually, running
 
 
 def _target(dsn: str, own: Any = True) -> dict[str, Any]:
@@ -31,7 +31,7 @@ async def _hold(pg: Any, app: str, n_idle: int, n_xact: int, n_active: int) -> l
     return conns
 
 
-async def test_own_sessions_by_application_name_and_by_client_address(pg_factory) -> None:
+async def test_own_sessions_by_application_name_and_by_client_address(pg_factory: PGFactory) -> None:
     """Two "pods" by application_name see their own states; by client address (all loopback here) both at once."""
     pg = pg_factory()
     a = await _hold(pg, "pod-a", 2, 1, 0)
@@ -48,7 +48,7 @@ async def test_own_sessions_by_application_name_and_by_client_address(pg_factory
             await eventually(lambda: _view(da) == want_a)
             await eventually(lambda: _view(db) == want_b)
             await eventually(lambda: _view(daddr) == {"idle": 3.0, "idle in transaction": 1.0, "active": 1.0})
-            await eventually(lambda: da.store.gauge_value(m.OWN_OLDEST_IDLE_IN_TRANSACTION, ("db",)) > 0.5)
+            await eventually(lambda: (da.store.gauge_value(m.OWN_OLDEST_IDLE_IN_TRANSACTION, ("db",)) or 0.0) > 0.5)
             assert db.store.gauge_value(m.OWN_OLDEST_IDLE_IN_TRANSACTION, ("db",)) == 0.0
             await a[2].execute("COMMIT")
             await eventually(lambda: _view(da) == {"idle": 3.0, "idle in transaction": 0.0, "active": 0.0})

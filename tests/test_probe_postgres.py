@@ -14,6 +14,7 @@ from dbwatch.config import from_mapping
 from dbwatch.errors import Reason, classify
 from dbwatch.pgcluster import free_port
 from dbwatch.probes.postgres import probe_postgres
+from tests.helpers import PG, PGFactory
 
 
 def target(dsn: str, timeout: float = 2.0) -> object:
@@ -30,7 +31,7 @@ async def reason_of(dsn: str, timeout: float = 2.0) -> Reason:
     raise AssertionError("probe unexpectedly succeeded")
 
 
-async def test_probe_up_reports_three_phases(pg) -> None:
+async def test_probe_up_reports_three_phases(pg: PG) -> None:
     """A good DSN yields positive connect, startup and query timings."""
     phases = await probe_postgres(target(pg.dsn), 5)  # type: ignore[arg-type]
     assert set(phases) == {"connect", "startup", "query"}
@@ -45,7 +46,7 @@ async def test_probe_up_reports_three_phases(pg) -> None:
         ("postgresql+psycopg_async", "application_name=shop"),
     ],
 )
-async def test_probe_accepts_sqlalchemy_dsn_and_sets_application_name(pg, scheme: str, query: str) -> None:
+async def test_probe_accepts_sqlalchemy_dsn_and_sets_application_name(pg: PG, scheme: str, query: str) -> None:
     """An app's SQLAlchemy URL (asyncpg or psycopg) is accepted as is, and the session says
     application_name=dbwatch."""
     dsn = pg.dsn.replace("postgresql://", scheme + "://") + "?" + query
@@ -99,21 +100,21 @@ async def test_timeout_on_listener_that_never_answers() -> None:
         assert await reason_of(f"postgresql://app@127.0.0.1:{port}/x?sslmode=disable", timeout=0.5) is Reason.TIMEOUT
 
 
-async def test_auth_failed_with_wrong_scram_password(pg) -> None:
+async def test_auth_failed_with_wrong_scram_password(pg: PG) -> None:
     dsn = pg.cluster.dsn("app", "wrong-password", "appdb")
     assert await reason_of(dsn) is Reason.AUTH_FAILED
 
 
-async def test_auth_failed_for_unknown_role(pg) -> None:
+async def test_auth_failed_for_unknown_role(pg: PG) -> None:
     dsn = pg.cluster.dsn("nobody", "whatever", "appdb")
     assert await reason_of(dsn) is Reason.AUTH_FAILED
 
 
-async def test_database_missing(pg) -> None:
+async def test_database_missing(pg: PG) -> None:
     assert await reason_of(pg.cluster.dsn("app", pg.password, "no_such_db")) is Reason.DATABASE_MISSING
 
 
-async def test_too_many_connections(pg_factory) -> None:
+async def test_too_many_connections(pg_factory: PGFactory) -> None:
     """Hold every non-reserved slot; the next probe is classified too_many_connections."""
     small = pg_factory(max_connections=6)  # 3 reserved for superusers: 3 for everyone else
     held = []
@@ -132,12 +133,12 @@ async def test_dns_failure() -> None:
     assert await reason_of("postgresql://app@no-such-host.invalid:5432/x") is Reason.DNS
 
 
-async def test_ssl_required_but_server_has_none(pg) -> None:
+async def test_ssl_required_but_server_has_none(pg: PG) -> None:
     dsn = pg.dsn + "?sslmode=require"
     assert await reason_of(dsn) is Reason.SSL
 
 
-async def test_shutting_down_and_starting_up_are_classified(pg_factory) -> None:
+async def test_shutting_down_and_starting_up_are_classified(pg_factory: PGFactory) -> None:
     """A server in smart shutdown with a session open refuses new ones as shutting down."""
     c = pg_factory()
     holder = await asyncpg.connect(c.dsn)

@@ -10,6 +10,7 @@ view matches its own connections; /readyz stays 200 through a database stop, exc
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import signal
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from tests.faults.harness import DaemonProcess
-from tests.helpers import REPO, SENTINEL, eventually, sample
+from tests.helpers import REPO, SENTINEL, PGFactory, eventually, sample
 
 N = 5
 INTERVAL, TIMEOUT = 1.0, 0.5
@@ -84,7 +85,7 @@ async def _holder(ds: list[DaemonProcess]) -> DaemonProcess | None:
     return holders[0] if len(holders) == 1 and with_series == holders else None
 
 
-async def test_five_sidecars_on_one_database(pg_factory) -> None:
+async def test_five_sidecars_on_one_database(pg_factory: PGFactory) -> None:
     pg = pg_factory()
     for sql in (*_recipe(SENTINEL), "CREATE TABLE held (x int)", "ALTER TABLE held OWNER TO app"):
         pg.cluster.psql(sql, database="appdb" if "held" in sql else "postgres")
@@ -145,7 +146,7 @@ async def test_five_sidecars_on_one_database(pg_factory) -> None:
                     text = _scrape(d)
                     return all(sample(text, "dbwatch_own_sessions", {"state": s}) == n for s, n in want.items())
 
-                await eventually(lambda own=own: asyncio.to_thread(own), timeout=5)
+                await eventually(functools.partial(asyncio.to_thread, own), timeout=5)
 
             # SIGKILL the collector: another takes over within one interval plus the timeout.
             assert holder.proc is not None

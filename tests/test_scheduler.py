@@ -14,7 +14,7 @@ from dbwatch.config import from_mapping
 from dbwatch.probes.job import ProbeJob
 from dbwatch.scheduler import Scheduler
 from dbwatch.store import Store
-from tests.helpers import eventually
+from tests.helpers import PG, eventually
 
 
 class SlowJob:
@@ -143,7 +143,7 @@ class FreezingRelay:
             self._tasks.discard(task)
 
 
-async def test_hard_timeout_of_a_probe_counts_one_timeout_failure(pg, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hard_timeout_of_a_probe_counts_one_timeout_failure(pg: PG, monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe cut short by the hard timeout: probe_up drops to 0 and the run is one `timeout` failure, counted once."""
     monkeypatch.setattr(sched, "HARD_TIMEOUT_GRACE", 0.1)  # the close after the query timeout waits 0.5 s more
     async with FreezingRelay(pg.port).running() as relay:
@@ -152,7 +152,10 @@ async def test_hard_timeout_of_a_probe_counts_one_timeout_failure(pg, monkeypatc
         target = from_mapping({"targets": [raw]}).targets[0]
         store = Store()
         s = Scheduler(store, [ProbeJob(target, store)], jitter=0)
-        runs = lambda result: store.counter_value(m.JOB_RUNS, ("probe", "db", result))  # noqa: E731
+
+        def runs(result: str) -> float:
+            return store.counter_value(m.JOB_RUNS, ("probe", "db", result))
+
         s.start()
         try:
             await eventually(lambda: runs("ok") >= 1)

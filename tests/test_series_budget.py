@@ -31,8 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from dbwatch.hook import instrument
-from tests.conftest import PG
-from tests.helpers import REPO, eventually, running, sample
+from tests.helpers import PG, REPO, eventually, running, sample
 
 QUICK_START_BUDGET = 300
 FULL_BUDGET = 1000
@@ -51,7 +50,7 @@ def series_by_family(body: str) -> Counter[str]:
 
 def _traceback_record() -> str:
     try:
-        {}["missing"]
+        dict[str, int]()["missing"]
     except KeyError:
         return "2026-12-04 10:00:00,000 ERROR [app] request failed\n" + traceback.format_exc()
     raise AssertionError
@@ -115,19 +114,20 @@ async def test_full_sidecar_with_40_routes_stays_within_1000_series(pg: PG) -> N
     access = d / "access.log"
     applog = d / "app.log"
     applog.write_text(_traceback_record() * 3)
+    targets: list[dict[str, Any]] = [
+        {"name": "primary", "dsn": pg.dsn, "interval": 0.5, "timeout": 0.4},
+        {
+            "name": "login",
+            "kind": "http_login",
+            "url": "",
+            "body": {"username": "probe@example.com"},
+            "expect_json": {"path": "access_token"},
+            "interval": 0.5,
+            "timeout": 0.4,
+        },
+    ]
     config = {
-        "targets": [
-            {"name": "primary", "dsn": pg.dsn, "interval": 0.5, "timeout": 0.4},
-            {
-                "name": "login",
-                "kind": "http_login",
-                "url": "",
-                "body": {"username": "probe@example.com"},
-                "expect_json": {"path": "access_token"},
-                "interval": 0.5,
-                "timeout": 0.4,
-            },
-        ],
+        "targets": targets,
         "hook": {"listen": f"unix:{sock}"},
         "logs": {
             "start_at": "beginning",
@@ -162,8 +162,8 @@ async def test_full_sidecar_with_40_routes_stays_within_1000_series(pg: PG) -> N
     routes = [Route(f"/api/r{i}/{{item_id}}", endpoint, methods=["GET", "POST"]) for i in range(ROUTES)]
     try:
         async with (
-            _login_server() as url,
-            running({**config, "targets": [config["targets"][0], {**config["targets"][1], "url": url}]}) as daemon,
+            _login_server() as login_url,
+            running({**config, "targets": [targets[0], {**targets[1], "url": login_url}]}) as daemon,
         ):
             assert instrument(engine, name="main", app="shop", sidecar=f"unix:{sock}", interval=0.05)
             transport = httpx.ASGITransport(app=Starlette(routes=routes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import shutil
@@ -17,35 +18,37 @@ from dbwatch import metrics as m
 from dbwatch.errors import Reason
 from dbwatch.pgcluster import free_port
 from tests.faults.harness import Blackhole
-from tests.helpers import eventually, running, sample
+from tests.helpers import PG, Daemon, PGFactory, eventually, running, sample, value
 
 
 def t(name: str, dsn: str, **kw: object) -> dict[str, object]:
     return {"name": name, "dsn": dsn, "interval": 0.5, "timeout": 0.4, **kw}
 
 
-async def test_metrics_after_a_probe(pg) -> None:
+async def test_metrics_after_a_probe(pg: PG) -> None:
     """probe_up, phases, zeroed failure reasons and last success appear; promtool finds no lint."""
     async with running({"targets": [t("main", pg.dsn)]}) as d:
         text = await eventually(lambda: _up(d, "main", 1.0), timeout=10)
-        assert sample(text, "dbwatch_probe_duration_seconds_count", {"target": "main", "phase": "query"}) >= 1
+        assert value(text, "dbwatch_probe_duration_seconds_count", {"target": "main", "phase": "query"}) >= 1
         for r in Reason:
             assert sample(text, "dbwatch_probe_failures_total", {"target": "main", "reason": r.value}) == 0
-        assert sample(text, "dbwatch_probe_last_success_timestamp_seconds", {"target": "main"}) > time.time() - 60
+        assert (
+            sample(text, "dbwatch_probe_last_success_timestamp_seconds", {"target": "main"}) or 0
+        ) > time.time() - 60
         assert sample(text, "dbwatch_build_info") == 1
-        assert sample(text, "process_resident_memory_bytes") > 0
+        assert value(text, "process_resident_memory_bytes") > 0
         promtool = shutil.which("promtool")
         assert promtool, "promtool is installed by scripts/test.sh (Debian package prometheus)"
         lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-async def _up(d, target: str, want: float) -> str | None:
+async def _up(d: Daemon, target: str, want: float) -> str | None:
     text = await d.metrics()
     return text if sample(text, "dbwatch_probe_up", {"target": target}) == want else None
 
 
-async def test_scrape_never_touches_the_database(pg) -> None:
+async def test_scrape_never_touches_the_database(pg: PG) -> None:
     """Many scrapes between two probes run no query: run counters don't move, no extra sessions appear."""
     async with running({"targets": [t("main", pg.dsn, interval=30, timeout=5)]}) as d:
         await eventually(lambda: _up(d, "main", 1.0))
@@ -65,7 +68,7 @@ async def test_scrape_never_touches_the_database(pg) -> None:
             await su.close()
 
 
-async def test_readyz_gates_only_on_opted_in_targets(pg) -> None:
+async def test_readyz_gates_only_on_opted_in_targets(pg: PG) -> None:
     """A failing target keeps /readyz at 200 by default (critical or not); one with gate_readiness makes it 503."""
     dead = f"postgresql://app:pw@127.0.0.1:{free_port()}/x"
     async with running({"targets": [t("main", pg.dsn), t("down", dead, critical=True)]}) as d:
@@ -99,12 +102,12 @@ async def test_readyz_waits_for_the_first_cycle() -> None:
             assert json.loads(body)["targets"]["hang"]["reason"] == "timeout"
 
 
-async def _status(d, path: str, want: int) -> tuple[int, str] | None:
+async def _status(d: Daemon, path: str, want: int) -> tuple[int, str] | None:
     status, body = await d.get(path)
     return (status, body) if status == want else None
 
 
-async def test_readyz_through_a_database_stop_default_and_opt_in(pg_factory) -> None:
+async def test_readyz_through_a_database_stop_default_and_opt_in(pg_factory: PGFactory) -> None:
     """Stop the server: the default daemon's /readyz stays 200 throughout, the opted-in one's turns 503 (and back).
 
     Both watch the same server at once; probe_up goes to 0 within interval+timeout in both.
@@ -116,8 +119,8 @@ async def test_readyz_through_a_database_stop_default_and_opt_in(pg_factory) -> 
         running({"targets": [t("db", c.dsn, gate_readiness=True, **common)]}) as gated,
     ):
         for d in (plain, gated):
-            await eventually(lambda d=d: _up(d, "db", 1.0))
-            await eventually(lambda d=d: _status(d, "/readyz", 200))
+            await eventually(functools.partial(_up, d, "db", 1.0))
+            await eventually(functools.partial(_status, d, "/readyz", 200))
         seen: list[int] = []
 
         async def gated_down() -> bool:
@@ -138,10 +141,10 @@ async def test_readyz_through_a_database_stop_default_and_opt_in(pg_factory) -> 
         assert time.monotonic() - t1 <= 1.0 + 0.5
         await eventually(lambda: _status(gated, "/readyz", 200), timeout=5)
         text = await plain.metrics()
-        assert sample(text, "dbwatch_probe_failures_total", {"target": "db", "reason": "refused"}) >= 1
+        assert value(text, "dbwatch_probe_failures_total", {"target": "db", "reason": "refused"}) >= 1
 
 
-async def test_healthz_fails_when_a_scheduler_task_dies(pg) -> None:
+async def test_healthz_fails_when_a_scheduler_task_dies(pg: PG) -> None:
     """Kill a job task: /healthz answers 503 naming it; the body never carries a DSN."""
     async with running({"targets": [t("main", pg.dsn)]}) as d:
         status, _ = await d.get("/healthz")
@@ -157,7 +160,7 @@ async def test_healthz_fails_when_a_scheduler_task_dies(pg) -> None:
         assert "postgresql://" not in body
 
 
-async def test_health_bodies_never_carry_dsn_or_password(pg) -> None:
+async def test_health_bodies_never_carry_dsn_or_password(pg: PG) -> None:
     async with running({"targets": [t("main", pg.dsn), t("bad", pg.cluster.dsn("app", "nope", "appdb"))]}) as d:
         await eventually(lambda: d.store.status["bad"].last_reason == "auth_failed")
         for path in ("/healthz", "/readyz", "/metrics", "/"):
@@ -167,7 +170,7 @@ async def test_health_bodies_never_carry_dsn_or_password(pg) -> None:
 
 
 @pytest.mark.parametrize("n_scrapes", [50])
-async def test_concurrent_scrapes_are_consistent(pg, n_scrapes: int) -> None:
+async def test_concurrent_scrapes_are_consistent(pg: PG, n_scrapes: int) -> None:
     """Concurrent scrapes all succeed and see the same families."""
     async with running({"targets": [t("main", pg.dsn)]}) as d:
         await eventually(lambda: _up(d, "main", 1.0))
@@ -212,7 +215,7 @@ async def test_concurrent_scrapes_share_one_body_until_the_store_changes() -> No
         assert sample(om_text, "dbwatch_probe_failures_total", {"target": "gone", "reason": "refused"}) == 2
 
 
-async def test_cached_exposition_equals_a_full_render_and_renders_only_what_changed(pg) -> None:
+async def test_cached_exposition_equals_a_full_render_and_renders_only_what_changed(pg: PG) -> None:
     """After real probes and collections the cached body parses to the same samples as a full render; one target's
     new snapshot re-renders that target's fragments only; dropped series disappear."""
     from prometheus_client import CollectorRegistry, generate_latest
@@ -249,7 +252,7 @@ async def test_cached_exposition_equals_a_full_render_and_renders_only_what_chan
     assert sample(expo.render().decode(), "dbwatch_pg_connections_used_ratio", {"target": "b"}) is None
 
 
-async def test_metrics_are_gzipped_when_the_scraper_asks(pg) -> None:
+async def test_metrics_are_gzipped_when_the_scraper_asks(pg: PG) -> None:
     """`Accept-Encoding: gzip` gets a gzip body with the same samples; `gzip;q=0` or no header gets plain text."""
     async with running({"targets": [t("main", pg.dsn)]}) as d:
         await eventually(lambda: _up(d, "main", 1.0), timeout=10)

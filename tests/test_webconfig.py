@@ -120,7 +120,7 @@ def pw_hash() -> str:
     return bcrypt.hashpw(SENTINEL.encode(), bcrypt.gensalt(rounds=4)).decode()
 
 
-def _tls(ca: CA, **extra: str) -> dict[str, str]:
+def _tls(ca: CA, **extra: object) -> dict[str, object]:
     return {"cert_file": ca.path("server.crt"), "key_file": ca.path("server.key"), **extra}
 
 
@@ -279,7 +279,7 @@ async def _rotate(web: WebConfig, ca: CA, tmp_path: Path, live: Path, root: Any)
     async with running({"targets": []}, web) as d:
         first = await _peer_serial(d.port, ca.client_context())
         # A mismatched pair (new certificate, old key) must not replace the working one.
-        _issue(tmp_path, "next", root, server=True)  # type: ignore[arg-type]
+        _issue(tmp_path, "next", root, server=True)
         shutil.copy(tmp_path / "next.crt", live / "server.crt.tmp")
         os.replace(live / "server.crt.tmp", live / "server.crt")
         await asyncio.sleep(0.5)

@@ -24,6 +24,9 @@ _SERVER_TIMEOUTS = frozenset({"57014", "55P03"})
 class CollectorJob:
     """Runs a collector every collection interval; a run over budget is abandoned (counted as a timeout).
 
+    The budget bounds each of a run's two waits: its turn on the target's connection (or a connect), then its
+    statement, timed from when it is sent.
+
     The scheduler never overlaps runs of one job, and all jobs of a target queue on its one connection, so a slow
     server gets at most one dbwatch statement at a time. Gauges replace the job's last snapshot; counters follow
     the server's cumulative values (a server-side reset continues from the new value, never goes down).
@@ -49,7 +52,8 @@ class CollectorJob:
         self.job = collector.name
         self.target = target.name
         self.interval = target.collect.interval
-        self.timeout = target.collect.budget
+        self._budget = target.collect.budget
+        self.timeout = 2 * self._budget  # the scheduler's bound: a turn on the connection, then a statement
         self._stale_after = target.stale_after
         self._last_ok: float | None = None
         self._last_counts: dict[tuple[MetricSpec, Labels], float] = {}
@@ -57,9 +61,13 @@ class CollectorJob:
     async def run(self) -> None:
         """Collect once within the budget; keep the last snapshot on failure until it goes stale."""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self._budget) as budget:  # a turn on the shared connection, or a connect
                 async with self._monitor.use() as conn:
-                    samples = await self._collector.collect(conn, self.timeout)
+                    # The statement's own budget starts when it is sent, as the session's lock_timeout and
+                    # statement_timeout do: a job that queued behind another must not be cut off by the client
+                    # before the server's own timeout answers (that would drop a healthy session).
+                    budget.reschedule(asyncio.get_running_loop().time() + self._budget)
+                    samples = await self._collector.collect(conn, self._budget)
         except BaseException as exc:
             if self._coordinator is not None and not self._coordinator.holder:
                 self._forget()  # another instance collects now (or will): its series, not ours

@@ -80,7 +80,7 @@ class Stats:
 class Sink(Protocol):
     """Receives assembled events."""
 
-    def __call__(self, event: Event) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...
 
 
 # (message text, parsed JSON fields or None) -> handled; the access-log hook.

@@ -15,7 +15,7 @@ from dbwatch import metrics as m
 from dbwatch.coordination import keepalive_bound
 from tests.collectors.bouncer import Bouncer
 from tests.collectors.conftest import harness
-from tests.helpers import Daemon, eventually, running
+from tests.helpers import PG, Daemon, PGFactory, eventually, running
 
 INTERVAL, TIMEOUT = 1.0, 0.5
 # Probes and takeover attempts are short-lived; a session older than this is a persistent one.
@@ -38,7 +38,7 @@ def _database_wide_lines(body: str) -> list[str]:
 
 
 async def _persistent_sessions(admin: asyncpg.Connection) -> int:
-    return await admin.fetchval(
+    return await admin.fetchval(  # type: ignore[no-any-return]  # asyncpg is untyped
         f"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbwatch' AND {PERSISTENT}"  # noqa: S608
     )
 
@@ -53,7 +53,7 @@ async def _one_collects(ds: list[Daemon]) -> Daemon | None:
     return holders[0] if with_series == holders else None
 
 
-async def test_three_instances_one_collects_one_session_and_a_takeover(pg_factory) -> None:
+async def test_three_instances_one_collects_one_session_and_a_takeover(pg_factory: PGFactory) -> None:
     """Three instances: one collects and holds the only persistent session; stop it and another takes over in time."""
     pg = pg_factory()
     admin = await asyncpg.connect(**pg.cluster.superuser_kwargs())
@@ -81,7 +81,7 @@ async def test_three_instances_one_collects_one_session_and_a_takeover(pg_factor
         await admin.close()
 
 
-async def test_central_always_and_sidecars_never(pg_factory) -> None:
+async def test_central_always_and_sidecars_never(pg_factory: PGFactory) -> None:
     """mode always collects (and holds the lock), mode never opens no monitoring session and shows no such series."""
     pg = pg_factory()
     admin = await asyncpg.connect(**pg.cluster.superuser_kwargs())
@@ -106,7 +106,7 @@ async def test_central_always_and_sidecars_never(pg_factory) -> None:
         await admin.close()
 
 
-async def test_monitoring_session_bounds_a_cut_off_holder(pg) -> None:
+async def test_monitoring_session_bounds_a_cut_off_holder(pg: PG) -> None:
     """The monitoring session's server-side keepalives and tcp_user_timeout add up to the stated bound."""
     async with harness(pg.dsn, interval="10s", budget="3s") as h, h.monitors.get(h.target).use() as conn:
         shown = {
@@ -123,7 +123,7 @@ async def test_monitoring_session_bounds_a_cut_off_holder(pg) -> None:
         assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 1
 
 
-async def test_pgbouncer_target_follows_its_lock_target(pg_factory) -> None:
+async def test_pgbouncer_target_follows_its_lock_target(pg_factory: PGFactory) -> None:
     """collect.lock_target: the pgbouncer target is collected where the postgres target is, and nowhere else."""
     pg = pg_factory()
     with Bouncer(pg.cluster.host, pg.port, ["appdb"], pg.user, pg.password) as b:
@@ -159,7 +159,7 @@ async def test_pgbouncer_target_follows_its_lock_target(pg_factory) -> None:
                 await s.aclose()
 
 
-async def test_a_holder_whose_session_stops_answering_drops_it_and_its_series(pg_factory) -> None:
+async def test_a_holder_whose_session_stops_answering_drops_it_and_its_series(pg_factory: PGFactory) -> None:
     """The holder's backend stops answering (SIGSTOP, as a cut network looks from the client): its next collection
     runs out of budget, and the holder drops the session, its series and its role at once (no stale duplicate)."""
     pg = pg_factory()

@@ -12,18 +12,19 @@ from dbwatch.errors import Reason
 from dbwatch.pgcluster import free_port
 from dbwatch.probes.job import ProbeJob
 from tests.collectors.conftest import harness, make_target, sessions
+from tests.helpers import PG, PGFactory
 
 CB = "client backend"
 
 
 async def _monitor_pid(admin: asyncpg.Connection) -> int | None:
-    return await admin.fetchval(
+    return await admin.fetchval(  # type: ignore[no-any-return]  # asyncpg is untyped
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'dbwatch' AND backend_type = 'client backend'"
         " AND usename = 'app' ORDER BY backend_start DESC LIMIT 1"
     )
 
 
-async def test_terminated_connection_comes_back_on_the_next_collection(pg_factory) -> None:
+async def test_terminated_connection_comes_back_on_the_next_collection(pg_factory: PGFactory) -> None:
     """pg_terminate_backend on dbwatch's session: that run fails, the next reconnects; both show in metrics."""
     pg = pg_factory()
     admin = await asyncpg.connect(**pg.cluster.superuser_kwargs())
@@ -51,7 +52,7 @@ async def test_terminated_connection_comes_back_on_the_next_collection(pg_factor
         await admin.close()
 
 
-async def test_reconnect_backs_off_while_the_server_is_down(pg_factory) -> None:
+async def test_reconnect_backs_off_while_the_server_is_down(pg_factory: PGFactory) -> None:
     """Failed attempts double the wait (visible as a gauge); runs inside the wait don't touch the network."""
     pg = pg_factory()
     async with harness(pg.dsn) as h:
@@ -92,7 +93,7 @@ async def test_backoff_never_outlasts_the_collection_interval() -> None:
         assert h.store.counter_value(m.MONITOR_ATTEMPTS, ("db", "refused")) == 8
 
 
-async def test_full_server_still_reports_sessions_while_probe_says_too_many(pg_factory) -> None:
+async def test_full_server_still_reports_sessions_while_probe_says_too_many(pg_factory: PGFactory) -> None:
     """At max_connections the held monitoring connection keeps reporting; a fresh probe gets too_many_connections."""
     pg = pg_factory(max_connections=8)  # 3 reserved: 5 slots for non-superusers
     async with harness(pg.dsn) as h:
@@ -120,7 +121,7 @@ async def test_full_server_still_reports_sessions_while_probe_says_too_many(pg_f
                 c.terminate()
 
 
-async def test_failed_authentication_reads_as_down(pg) -> None:
+async def test_failed_authentication_reads_as_down(pg: PG) -> None:
     """A wrong password: the monitoring connection is down with reason auth_failed and nothing is reported."""
     async with harness(pg.cluster.dsn("app", "wrong-password", "appdb")) as h:
         with pytest.raises(asyncpg.InvalidPasswordError):
@@ -131,7 +132,7 @@ async def test_failed_authentication_reads_as_down(pg) -> None:
         assert h.gauge(m.PG_CONNECTIONS_USED_RATIO) is None
 
 
-async def test_monitoring_session_has_short_lock_and_statement_timeouts(pg) -> None:
+async def test_monitoring_session_has_short_lock_and_statement_timeouts(pg: PG) -> None:
     """dbwatch's session: lock_timeout = half the budget, statement_timeout = three quarters, application_name."""
     async with harness(pg.dsn, budget="2s") as h, h.monitors.get(h.target).use() as conn:
         assert await conn.fetchval("SHOW lock_timeout") == "1s"
@@ -139,7 +140,7 @@ async def test_monitoring_session_has_short_lock_and_statement_timeouts(pg) -> N
         assert await conn.fetchval("SHOW application_name") == "dbwatch"
 
 
-async def test_server_cuts_a_slow_monitoring_statement_short(pg) -> None:
+async def test_server_cuts_a_slow_monitoring_statement_short(pg: PG) -> None:
     """A statement on the monitoring session that runs past statement_timeout is cancelled by the server itself."""
     async with harness(pg.dsn, budget="400ms") as h, h.monitors.get(h.target).use() as conn:
         with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):

@@ -10,13 +10,13 @@ import asyncpg
 from dbwatch import metrics as m
 from dbwatch.collectors.pg_activity import STATES
 from dbwatch.labels import OTHER
-from tests.collectors.conftest import harness, sessions
-from tests.helpers import eventually
+from tests.collectors.conftest import Harness, harness, sessions
+from tests.helpers import PG, PGFactory, eventually
 
 CB = "client backend"
 
 
-async def test_counts_by_state_user_app_match_pg_stat_activity(pg) -> None:
+async def test_counts_by_state_user_app_match_pg_stat_activity(pg: PG) -> None:
     """Held idle, idle-in-transaction and active sessions are counted exactly; empty standard states read 0."""
     async with harness(pg.dsn) as h:
         await _counts(pg, h)
@@ -28,7 +28,7 @@ async def test_counts_by_state_user_app_match_pg_stat_activity(pg) -> None:
         await eventually(gone)  # the sessions closed: their group's series go with them
 
 
-async def _counts(pg, h) -> None:
+async def _counts(pg: PG, h: Harness) -> None:
     async with (
         sessions(pg.dsn, 3, "t-idle"),
         sessions(pg.dsn, 2, "t-iit") as iit,
@@ -73,7 +73,7 @@ async def _counts(pg, h) -> None:
             await admin.close()
 
 
-async def test_blocked_session_is_reported_with_its_age(pg) -> None:
+async def test_blocked_session_is_reported_with_its_age(pg: PG) -> None:
     """Two transactions on one row: the second is blocked, and its wait ages."""
     admin = await asyncpg.connect(pg.dsn)
     await admin.execute(
@@ -116,7 +116,7 @@ async def test_blocked_session_is_reported_with_its_age(pg) -> None:
         await admin.close()
 
 
-async def test_idle_in_transaction_age_grows(pg) -> None:
+async def test_idle_in_transaction_age_grows(pg: PG) -> None:
     """A real open transaction left idle: its age per database and as the top offender grows between collections."""
     async with harness(pg.dsn) as h, sessions(pg.dsn, 1, "t-sync-sdk") as (c,):
         await c.execute("BEGIN; SELECT 1")
@@ -133,7 +133,7 @@ async def test_idle_in_transaction_age_grows(pg) -> None:
         assert h.gauge(m.PG_OLDEST_IDLE_IN_TRANSACTION, "postgres") == 0
 
 
-async def test_saturation_ratio_and_settings(pg) -> None:
+async def test_saturation_ratio_and_settings(pg: PG) -> None:
     """Client backends over the non-reserved slots, and the raw settings in base units."""
     admin = await asyncpg.connect(**pg.cluster.superuser_kwargs())
     await admin.execute("ALTER SYSTEM SET idle_in_transaction_session_timeout = '90s'")
@@ -167,7 +167,7 @@ async def test_saturation_ratio_and_settings(pg) -> None:
         await admin.close()
 
 
-async def test_cardinality_cap_folds_200_application_names(pg_factory) -> None:
+async def test_cardinality_cap_folds_200_application_names(pg_factory: PGFactory) -> None:
     """200 distinct application_names: at most the cap are kept, the rest read __other__ and are counted."""
     pg = pg_factory(max_connections=220)
     async with harness(pg.dsn, max_label_values=5) as h:
@@ -196,7 +196,7 @@ async def test_cardinality_cap_folds_200_application_names(pg_factory) -> None:
                 c.terminate()
 
 
-async def test_cardinality_cap_folds_usenames_too(pg_factory) -> None:
+async def test_cardinality_cap_folds_usenames_too(pg_factory: PGFactory) -> None:
     """12 distinct login roles with a cap of 5: at most 5 usenames are kept, the rest read __other__ and are counted."""
     pg = pg_factory()
     pg.cluster.psql("; ".join(f"CREATE ROLE u{i:02d} LOGIN PASSWORD 'pw-{i}'" for i in range(12)))

@@ -10,8 +10,9 @@ import asyncpg
 
 from dbwatch import metrics as m
 from dbwatch.collectors import pg_database
+from dbwatch.metrics import MetricSpec
 from tests.collectors.conftest import harness
-from tests.helpers import eventually
+from tests.helpers import PG, PGFactory, eventually
 
 
 async def _deadlock(dsn: str) -> None:
@@ -32,7 +33,7 @@ async def _deadlock(dsn: str) -> None:
             await c.close()
 
 
-async def test_counters_follow_the_servers_own(pg_factory) -> None:
+async def test_counters_follow_the_servers_own(pg_factory: PGFactory) -> None:
     """Commits, rollbacks, a real deadlock and a real temp file show up as counter increases; a stats reset
     on the server does not make the counter go down."""
     pg = pg_factory(settings={"deadlock_timeout": "'100ms'"})
@@ -41,7 +42,10 @@ async def test_counters_follow_the_servers_own(pg_factory) -> None:
     try:
         async with harness(pg.dsn) as h:
             await h.collect("pg_database")
-            c = lambda spec: h.store.counter_value(spec, ("db", "appdb"))  # noqa: E731
+
+            def c(spec: MetricSpec) -> float:
+                return h.store.counter_value(spec, ("db", "appdb"))
+
             commits, rollbacks, deadlocks, temp = (
                 c(m.PG_DATABASE_XACT_COMMIT),
                 c(m.PG_DATABASE_XACT_ROLLBACK),
@@ -80,13 +84,16 @@ async def test_counters_follow_the_servers_own(pg_factory) -> None:
         await setup.close()
 
 
-async def test_session_counters_follow_real_session_ends(pg) -> None:
+async def test_session_counters_follow_real_session_ends(pg: PG) -> None:
     """PostgreSQL 14+ session counters against real session ends: pg_terminate_backend counts as killed,
     idle_in_transaction_session_timeout as fatal, a client process killed with SIGKILL as abandoned; a transaction
     left idle for 0.4 s adds to idle_in_transaction_seconds."""
     async with harness(pg.dsn) as h:
         await h.collect("pg_database")
-        c = lambda spec: h.store.counter_value(spec, ("db", "appdb"))  # noqa: E731
+
+        def c(spec: MetricSpec) -> float:
+            return h.store.counter_value(spec, ("db", "appdb"))
+
         before = {spec: c(spec) for spec in pg_database.SESSION_COLUMNS.values()}
         killer = await asyncpg.connect(pg.dsn)
         victim = await asyncpg.connect(pg.dsn)
@@ -123,7 +130,7 @@ async def test_session_counters_follow_real_session_ends(pg) -> None:
                 conn.terminate()
 
 
-async def _abandon(pg) -> None:
+async def _abandon(pg: PG) -> None:
     """A psql client that is connected and idle, then killed: its backend reads EOF without a Terminate."""
     proc = await asyncio.create_subprocess_exec(
         str(pg.cluster.bindir / "psql"),

@@ -14,15 +14,16 @@ from dbwatch.errors import Reason, classify
 from dbwatch.probes.job import ProbeJob
 from tests.collectors.bouncer import Bouncer
 from tests.collectors.conftest import harness, make_target
+from tests.helpers import PG
 
 
 @pytest.fixture(scope="module")
-def bouncer(pg) -> Iterator[Bouncer]:
+def bouncer(pg: PG) -> Iterator[Bouncer]:
     with Bouncer(pg.cluster.host, pg.port, ["appdb"], pg.user, pg.password, pool_size=2) as b:
         yield b
 
 
-async def test_asyncpg_cannot_read_the_admin_console_but_psycopg_can(bouncer) -> None:
+async def test_asyncpg_cannot_read_the_admin_console_but_psycopg_can(bouncer: Bouncer) -> None:
     """Why psycopg: the console refuses asyncpg's extended-protocol fetch; psycopg's simple query works."""
     conn = await asyncpg.connect(bouncer.dsn("pgbouncer"), statement_cache_size=0)
     try:
@@ -35,7 +36,7 @@ async def test_asyncpg_cannot_read_the_admin_console_but_psycopg_can(bouncer) ->
         assert "cl_active" in [d.name for d in cur.description or ()]
 
 
-async def test_pools_reflect_clients_held_through_pgbouncer(bouncer) -> None:
+async def test_pools_reflect_clients_held_through_pgbouncer(bouncer: Bouncer) -> None:
     """Three clients in open transactions on a pool of 2: 2 active, 1 waiting, servers active, maxwait grows."""
     clients = [await asyncpg.connect(bouncer.dsn("appdb"), statement_cache_size=0) for _ in range(3)]
     waiter: asyncio.Future[object] | None = None
@@ -67,7 +68,7 @@ async def test_pools_reflect_clients_held_through_pgbouncer(bouncer) -> None:
             c.terminate()
 
 
-async def test_pgbouncer_probe_and_failed_auth(bouncer) -> None:
+async def test_pgbouncer_probe_and_failed_auth(bouncer: Bouncer) -> None:
     """The probe answers over psycopg; a wrong password reads as auth_failed for probe and monitor alike."""
     from dbwatch.store import Store
 

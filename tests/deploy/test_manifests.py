@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promop
+from pydantic import BaseModel
 
 from dbwatch import webconfig
 from tests.helpers import REPO, run_cli
@@ -29,7 +30,7 @@ WEB_TLS = REPO / "deploy" / "components" / "web-tls"
 # oldest version checked, and the newest whose schemas kubernetes-validate bundles (strict: no unknown fields).
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 SIDECAR = REPO / "deploy" / "components" / "dbwatch-sidecar"
-CRD_MODELS = {"PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
+CRD_MODELS: dict[str, type[BaseModel]] = {"PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
 sys.path.insert(0, str(REPO / "scripts"))
 import gen_deploy_rules  # noqa: E402 - scripts/ is not a package; the generator is imported as the test's oracle
 
@@ -80,12 +81,9 @@ def test_validators_reject_what_they_should() -> None:
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(bad)
     (pm,) = _docs((SIDECAR / "podmonitor.yaml").read_text())
-    for mutate in (
-        lambda d: d["spec"]["podMetricsEndpoints"][0].update(intervall="15s"),
-        lambda d: d["spec"]["podMetricsEndpoints"][0].update(interval="soon"),
-    ):
+    for key, value in (("intervall", "15s"), ("interval", "soon")):
         bad = yaml.safe_load(yaml.safe_dump(pm))
-        mutate(bad)
+        bad["spec"]["podMetricsEndpoints"][0][key] = value
         with pytest.raises((AssertionError, ValueError)):
             validate(bad)
 
@@ -123,7 +121,8 @@ def _rendered() -> list[dict[str, Any]]:
 
 def _pod() -> dict[str, Any]:
     """The example's pod template as rendered (the component added the sidecar)."""
-    return next(d for d in _rendered() if d["kind"] == "Deployment")["spec"]["template"]
+    pod: dict[str, Any] = next(d for d in _rendered() if d["kind"] == "Deployment")["spec"]["template"]
+    return pod
 
 
 def _sidecar() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dbwatch import rules
 from dbwatch.pgcluster import free_port
 from tests.e2e.stack import Alertmanager, LoginApp, Prometheus
 from tests.e2e.test_prometheus import DASHBOARDS, dashboard_queries
-from tests.helpers import REPO, eventually, run_cli, running
+from tests.helpers import PG, REPO, eventually, run_cli, running
 
 APP_FILE = REPO / "tests" / "apps" / "asgi_login.py"
 LOGIN_PAGE_SECONDS = 45  # every panel query must have data within this long of the first scrape
@@ -194,7 +194,7 @@ def has_finite_sample(res: dict[str, Any]) -> bool:
 
 
 @pytest.mark.slow
-async def test_alerting_end_to_end(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_alerting_end_to_end(pg: PG, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every dashboard query has data; MissingGreenlet pages with its code line; in the replayed outage the probe
     pages with its reason, the StaticPool ticket goes out during it, and no page arrives after the fix."""
     password = secrets.token_urlsafe(12)

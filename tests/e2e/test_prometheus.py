@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dbwatch.pgcluster import free_port
 from tests.e2e.stack import Prometheus
-from tests.helpers import REPO, eventually, running
+from tests.helpers import PG, REPO, eventually, running
 
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 VARIABLE = re.compile(r"\$(namespace|job|instance|target|app|source)\b")
@@ -81,7 +81,7 @@ def test_dashboard_has_login_latency_and_error_budget_rows() -> None:
     assert any("dbwatch:slo_error_budget:remaining_ratio" in e for e in budget)
 
 
-async def test_prometheus_scrapes_dbwatch_and_dashboard_queries_are_valid(pg) -> None:
+async def test_prometheus_scrapes_dbwatch_and_dashboard_queries_are_valid(pg: PG) -> None:
     """Prometheus scrapes a live dbwatch; every panel query parses, and the probe panels return data."""
     port = free_port()
     target = {"name": "main", "dsn": pg.dsn, "interval": 0.5, "timeout": 0.4}

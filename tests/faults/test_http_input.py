@@ -8,7 +8,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +83,7 @@ async def test_half_sent_heads_silent_and_idle_connections_are_closed() -> None:
         await _heads_and_idle(limits, events)
 
 
-async def _heads_and_idle(limits: HTTPLimits, events: list[dict[str, Any]]) -> None:
+async def _heads_and_idle(limits: HTTPLimits, events: list[MutableMapping[str, Any]]) -> None:
     async with serving(limits) as srv:
         conns = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(30)]
         for _, writer in conns[:20]:

@@ -70,7 +70,10 @@ def _daemon(tmp: Path, **logs: object) -> tuple[DaemonProcess, Path]:
     (d.dir / "state").mkdir()
     log = d.dir / "app.log"
     log.write_bytes(TB.encode() * 20)  # warms every path once, so the baseline RSS includes the code
-    cfg = {"state_dir": str(d.dir / "state"), "sources": [{"name": "app", "path": str(log), "format": "plain"}]}
+    cfg: dict[str, object] = {
+        "state_dir": str(d.dir / "state"),
+        "sources": [{"name": "app", "path": str(log), "format": "plain"}],
+    }
     cfg.update(logs)
     d.config_path.write_text(d.config_path.read_text() + yaml.safe_dump({"logs": cfg}))
     return d, log

@@ -45,6 +45,10 @@ _CHILD = (
 )
 
 
+def _write(pipe: IO[bytes], data: bytes) -> None:
+    pipe.write(data)
+
+
 def _scan_stdin(write: Callable[[IO[bytes]], None], fmt: str = "plain") -> tuple[dict[str, Any], int]:
     """`dbwatch scan --json -` in its own process fed by `write`; (report, peak RSS bytes of the scan)."""
     proc = subprocess.Popen(
@@ -97,7 +101,7 @@ def test_binary_garbage_and_invalid_utf8_do_not_break_assembly() -> None:
     """Random bytes, then a traceback with invalid UTF-8 in its message: one event, the garbage skipped."""
     garbage = os.urandom(4 * MIB)
     bad = TB.replace("can't call", "can't \udcff call").encode("utf-8", "surrogateescape")
-    report, rss = _scan_stdin(lambda pipe: pipe.write(garbage + b"\n" + bad) and None)
+    report, rss = _scan_stdin(lambda pipe: _write(pipe, garbage + b"\n" + bad))
     f = report["files"]["-"]
     assert [e["category"] for e in f["events"]] == ["missing_greenlet"]
     assert rss < BOUND

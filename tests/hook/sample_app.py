@@ -6,6 +6,7 @@ Environment: DBWATCH_TEST_URL (SQLAlchemy URL), DBWATCH_HOOK_ADDR / _APP / _INTE
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from sqlalchemy import text
@@ -17,7 +18,7 @@ engine = create_async_engine(os.environ["DBWATCH_TEST_URL"], pool_size=2, max_ov
 instrument(engine, "primary")  # before the fork with --preload: each worker must still count only its own
 
 
-async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
             msg = await receive()

@@ -12,6 +12,7 @@ import aiohttp
 import sqlalchemy
 import uvicorn
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 from starlette.applications import Starlette
@@ -53,7 +54,7 @@ async def _serve(app: Any) -> AsyncIterator[str]:
         await task
 
 
-async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, sa_url) -> None:
+async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, sa_url: URL) -> None:
     """Starlette path params and FastAPI-style scope routes give templates; scanners land in `unmatched`;
     a real MissingGreenlet (sync use of an async engine) is counted by class and category and still a 500."""
     engine = create_async_engine(sa_url)
@@ -98,10 +99,10 @@ async def test_latency_by_route_template_and_exceptions_by_category(sink: Sink, 
     assert sink.counter(m.APP_EXCEPTIONS, "web", "/greenlet", "MissingGreenlet", "missing_greenlet") == 1
 
 
-def _raised(fn: Any) -> BaseException:
+def _raised(fn: Any) -> Exception:
     try:
         fn()
-    except BaseException as exc:
+    except Exception as exc:
         return exc
     raise AssertionError("did not raise")
 
@@ -113,7 +114,7 @@ def test_live_exceptions_get_the_log_watchers_category() -> None:
 
     def wrapped() -> None:
         try:
-            {}["missing"]
+            dict[str, int]()["missing"]
         except KeyError as exc:
             raise RuntimeError("handler failed") from exc
 

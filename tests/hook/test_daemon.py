@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy
 
 from dbwatch.hook import instrument
-from tests.helpers import eventually, running, sample
+from tests.helpers import eventually, running, sample, value
 
 
 async def test_hook_numbers_on_metrics_and_promtool_clean() -> None:
@@ -26,13 +26,14 @@ async def test_hook_numbers_on_metrics_and_promtool_clean() -> None:
                 with engine.connect() as conn:
                     conn.execute(sqlalchemy.text("SELECT 1"))
 
-            async def checkouts() -> float | None:
+            async def checkouts() -> str | None:
                 text = await daemon.metrics()
-                return sample(text, "dbwatch_app_pool_checkouts_total", {"app": "web", "engine": "lite"}) == 4 and text
+                done = sample(text, "dbwatch_app_pool_checkouts_total", {"app": "web", "engine": "lite"}) == 4
+                return text if done else None
 
             text = await eventually(checkouts, timeout=10)
             assert sample(text, "dbwatch_app_hook_workers", {"app": "web"}) == 1
-            assert sample(text, "dbwatch_hook_datagrams_total", {"result": "accepted"}) >= 1
+            assert value(text, "dbwatch_hook_datagrams_total", {"result": "accepted"}) >= 1
             assert sample(text, "dbwatch_app_pool_info", {"app": "web", "pool_class": "SingletonThreadPool"}) == 1
             assert "hook-token-1" not in text
             promtool = shutil.which("promtool")

@@ -106,9 +106,9 @@ def app_logs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         logger.propagate = False
         made.append((logger, handler))
     yield paths
-    for logger, handler in made:
-        logger.removeHandler(handler)
-        handler.close()
+    for logger, made_handler in made:
+        logger.removeHandler(made_handler)
+        made_handler.close()
 
 
 async def test_hook_access_log_and_log_counter_label_the_same_request_and_error(

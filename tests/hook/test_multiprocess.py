@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+from sqlalchemy.engine import URL
 
 from dbwatch import metrics as m
 from dbwatch.config import HookConfig
@@ -34,7 +35,7 @@ def _exceptions(store: Store, route: str, category: str) -> float:
     )
 
 
-async def test_gunicorn_workers_aggregated_per_app_and_engine(sa_url) -> None:
+async def test_gunicorn_workers_aggregated_per_app_and_engine(sa_url: URL) -> None:
     """3 workers + master each report; checkouts, requests and exceptions add up exactly; workers expire."""
     d = Path(tempfile.mkdtemp(prefix="dbwh-"))
     store = Store()

@@ -8,28 +8,30 @@ import logging
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 import sqlalchemy
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 from dbwatch import metrics as m
 from dbwatch.hook import instrument
 from dbwatch.hook.sqlalchemy import state_of
-from tests.helpers import eventually
+from tests.helpers import PG, eventually
 from tests.hook.conftest import Sink, url_for
 
 APP = "shop"
 
 
-def _hook(engine: AsyncEngine, sink: Sink, name: str = "primary", **kw: object) -> None:
+def _hook(engine: AsyncEngine | Engine, sink: Sink, name: str = "primary", **kw: object) -> None:
     assert instrument(engine, name, app=APP, sidecar=sink.addr, interval=0.05, **kw)  # type: ignore[arg-type]
 
 
-async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url) -> None:
+async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url: URL) -> None:
     """QueuePool(size=2, max_overflow=0): 5 concurrent holders -> 2 check out, 3 wait, then time out."""
     engine = create_async_engine(sa_url, pool_size=2, max_overflow=0, pool_timeout=1.0)
     _hook(engine, sink)
@@ -77,7 +79,9 @@ async def test_queuepool_waits_and_timeouts_counted(sink: Sink, sa_url) -> None:
     await engine.dispose()
 
 
-async def test_static_pool_on_async_engine_flagged_and_logged_once(sink: Sink, sa_url, caplog) -> None:
+async def test_static_pool_on_async_engine_flagged_and_logged_once(
+    sink: Sink, sa_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
     """StaticPool on an async engine (the seed outage's pool) -> finding gauge 1, one warning however often used."""
     caplog.set_level(logging.WARNING, logger="dbwatch.hook")
     engine = create_async_engine(sa_url, poolclass=StaticPool)
@@ -92,7 +96,7 @@ async def test_static_pool_on_async_engine_flagged_and_logged_once(sink: Sink, s
     await engine.dispose()
 
 
-async def test_expire_on_commit_flagged(sink: Sink, sa_url) -> None:
+async def test_expire_on_commit_flagged(sink: Sink, sa_url: URL) -> None:
     """async_sessionmaker's default expire_on_commit=True is flagged; expire_on_commit=False is not."""
     bad = create_async_engine(sa_url)
     good = create_async_engine(sa_url)
@@ -109,7 +113,7 @@ async def test_expire_on_commit_flagged(sink: Sink, sa_url) -> None:
     await good.dispose()
 
 
-async def test_nullpool_connects_counted_and_flagged_under_load(sink: Sink, sa_url) -> None:
+async def test_nullpool_connects_counted_and_flagged_under_load(sink: Sink, sa_url: URL) -> None:
     """NullPool: every checkout connects; 25 of them make the null_pool_under_load finding hold."""
     engine = create_async_engine(sa_url, poolclass=NullPool)
     _hook(engine, sink, "nullpool")
@@ -125,7 +129,7 @@ async def test_nullpool_connects_counted_and_flagged_under_load(sink: Sink, sa_u
     await engine.dispose()
 
 
-async def test_queuepool_under_the_same_load_is_not_flagged(sink: Sink, sa_url) -> None:
+async def test_queuepool_under_the_same_load_is_not_flagged(sink: Sink, sa_url: URL) -> None:
     """The same 25 checkouts through a QueuePool connect once: no null_pool_under_load."""
     engine = create_async_engine(sa_url)
     _hook(engine, sink, "pooled")
@@ -139,7 +143,7 @@ async def test_queuepool_under_the_same_load_is_not_flagged(sink: Sink, sa_url) 
     await engine.dispose()
 
 
-async def test_pre_ping_off_with_recycle_beyond_server_idle_timeout_flagged(sink: Sink, sa_url) -> None:
+async def test_pre_ping_off_with_recycle_beyond_server_idle_timeout_flagged(sink: Sink, sa_url: URL) -> None:
     """idle_session_timeout=60s on the server, pre_ping off, recycle never -> flagged; with pre_ping -> not."""
     settings: dict[str, object] = (
         {"server_settings": {"idle_session_timeout": "60000"}}
@@ -160,7 +164,7 @@ async def test_pre_ping_off_with_recycle_beyond_server_idle_timeout_flagged(sink
     await safe.dispose()
 
 
-async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url) -> None:
+async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url: URL) -> None:
     """Hard and soft invalidations, resets on checkin and DBAPI errors by driver class."""
     engine = create_async_engine(sa_url)
     _hook(engine, sink, "events")
@@ -183,7 +187,7 @@ async def test_invalidations_resets_and_dbapi_errors_counted(sink: Sink, sa_url)
     await engine.dispose()
 
 
-def test_a_connection_out_before_instrument_comes_back_uncounted(tmp_path) -> None:
+def test_a_connection_out_before_instrument_comes_back_uncounted(tmp_path: Path) -> None:
     """Its checkout was not seen, so neither is its checkin: checked_out stays 0 (never -1), checkins match."""
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/early.db", poolclass=QueuePool)
     early = engine.connect()
@@ -197,7 +201,7 @@ def test_a_connection_out_before_instrument_comes_back_uncounted(tmp_path) -> No
     engine.dispose()
 
 
-def test_resets_never_step_back(tmp_path) -> None:
+def test_resets_never_step_back(tmp_path: Path) -> None:
     """A report between a dead return's two counts (dead first, checkin second) reads resets low; the floor holds."""
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/floor.db", poolclass=QueuePool)
     assert instrument(engine, "floor", sidecar="unix:/nonexistent/dbwatch.sock")
@@ -212,7 +216,7 @@ def test_resets_never_step_back(tmp_path) -> None:
     engine.dispose()
 
 
-async def test_idempotent_any_number_of_engines_and_dispose(sink: Sink, sa_url) -> None:
+async def test_idempotent_any_number_of_engines_and_dispose(sink: Sink, sa_url: URL) -> None:
     """instrument() twice (AsyncEngine and its sync_engine) counts once; dispose() keeps the wait timing."""
     engine = create_async_engine(sa_url)
     _hook(engine, sink, "twice")
@@ -233,7 +237,7 @@ async def test_idempotent_any_number_of_engines_and_dispose(sink: Sink, sa_url) 
     await engine.dispose()
 
 
-async def test_no_strong_reference_keeps_a_disposed_engine_alive(sink: Sink, sa_url) -> None:
+async def test_no_strong_reference_keeps_a_disposed_engine_alive(sink: Sink, sa_url: URL) -> None:
     """After dispose and del, the engine and its pool are collected; the hook's state says so."""
     engine = create_async_engine(sa_url)
     _hook(engine, sink, "gone")
@@ -251,7 +255,7 @@ async def test_no_strong_reference_keeps_a_disposed_engine_alive(sink: Sink, sa_
     assert not state.alive()
 
 
-def test_hook_never_raises_into_the_app(caplog) -> None:
+def test_hook_never_raises_into_the_app(caplog: pytest.LogCaptureFixture) -> None:
     """Bad arguments are logged and refused, never raised; a sync Engine works too."""
     assert instrument(object(), "x") is False
     engine = sqlalchemy.create_engine("sqlite://")
@@ -263,7 +267,9 @@ def test_hook_never_raises_into_the_app(caplog) -> None:
     engine.dispose()
 
 
-async def test_second_live_engine_with_a_taken_name_is_refused(sink: Sink, sa_url, caplog) -> None:
+async def test_second_live_engine_with_a_taken_name_is_refused(
+    sink: Sink, sa_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
     """A second live engine under a name in use is not instrumented (warning, False); once the first is gone it is."""
     caplog.set_level(logging.WARNING, logger="dbwatch.hook")
     first = create_async_engine(sa_url)
@@ -286,7 +292,7 @@ async def test_second_live_engine_with_a_taken_name_is_refused(sink: Sink, sa_ur
     await third.dispose()
 
 
-async def test_overflow_in_use_reported(sink: Sink, sa_url) -> None:
+async def test_overflow_in_use_reported(sink: Sink, sa_url: URL) -> None:
     """QueuePool(size=1, max_overflow=1): two holders put one connection in overflow; none once both are back."""
     engine = create_async_engine(sa_url, pool_size=1, max_overflow=1)
     _hook(engine, sink, "overflow")
@@ -306,7 +312,7 @@ async def test_overflow_in_use_reported(sink: Sink, sa_url) -> None:
     await engine.dispose()
 
 
-def test_sync_psycopg_engine_waits_timeouts_and_errors_counted(sink: Sink, pg) -> None:
+def test_sync_psycopg_engine_waits_timeouts_and_errors_counted(sink: Sink, pg: PG) -> None:
     """A sync Engine on psycopg 3 (SQLAlchemy 2.1's default driver): threads wait and time out on a QueuePool of
     two, DBAPI errors are counted by psycopg's class, the idle timeout is read from the server."""
     engine = sqlalchemy.create_engine(url_for(pg, "psycopg"), pool_size=2, max_overflow=0, pool_timeout=0.5)

@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dbwatch.hook import instrument
@@ -31,7 +33,7 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
-async def test_sidecar_killed_and_restarted(sa_url, tmp_path: Path) -> None:
+async def test_sidecar_killed_and_restarted(sa_url: URL, tmp_path: Path) -> None:
     """UDP sidecar SIGKILLed mid-traffic: every app checkout succeeds, send_failed grows, totals reappear after."""
     udp, http_port = _free_udp_port(), free_port()
     config = tmp_path / "dbwatch.yaml"
@@ -95,5 +97,5 @@ async def test_sidecar_killed_and_restarted(sa_url, tmp_path: Path) -> None:
             sys.stdout.write(out.decode(errors="replace")[-3000:])
 
 
-async def _positive(value: object) -> bool:
-    return await value > 0  # type: ignore[misc, operator]
+async def _positive(value: Awaitable[float]) -> bool:
+    return await value > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from tests.logs import corpus, wrap
 
 
 @pytest.fixture(scope="session")
-def log_corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def log_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """plain, json (format_exc_info), dict (dict_tracebacks), cri and docker files of the same records."""
     d = tmp_path_factory.mktemp("corpus")
     files = {"plain": d / "app.log", "json": d / "app.json.log", "dict": d / "app.dict.log"}

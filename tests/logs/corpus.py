@@ -7,10 +7,13 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 
 from tests.logs import sampleapp
+
+__all__ = ["EXPECT", "ORDER", "Expected", "expected", "sampleapp", "write_plain", "write_structlog"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ EXPECT = {
 ORDER = ["chained", "during", "group", "long", "chained", "group"]
 
 
-def _exc_info(kind: str) -> tuple[type[BaseException], BaseException, object]:
+def _exc_info(kind: str) -> tuple[type[BaseException], BaseException, TracebackType | None]:
     try:
         sampleapp.RAISERS[kind]()
     except BaseException:

@@ -16,7 +16,7 @@ def marker_line(tag: str) -> int:
 
 def chained() -> None:
     try:
-        {}["missing"]
+        dict[str, int]()["missing"]
     except KeyError as exc:
         raise ValueError("lookup failed") from exc  # at:chained
 

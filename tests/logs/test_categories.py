@@ -26,7 +26,7 @@ from dbwatch.logs.traceback import parse
 from dbwatch.pgcluster import free_port
 from dbwatch.store import Store
 from tests.collectors.bouncer import Bouncer
-from tests.conftest import PG
+from tests.helpers import PG
 from tests.logs import orm_corpus, ormapp, wrap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def _group_info() -> tuple[type[BaseException], BaseException, object]:
     except BaseException:
         info = sys.exc_info()
         assert info[0] is not None
-        return info  # type: ignore[return-value]
+        return info
     raise AssertionError("no group")
 
 

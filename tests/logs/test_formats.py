@@ -12,7 +12,7 @@ from dbwatch.logs.record import Event, Stats
 from dbwatch.logs.scan import scan_file
 from tests.logs import corpus
 
-SAMPLE = str(Path(corpus.sampleapp.__file__))
+SAMPLE = str(Path(str(corpus.sampleapp.__file__)))
 
 
 def _events(path: Path, fmt: str = "auto", piece: int = 0) -> tuple[list[Event], Stats, str]:

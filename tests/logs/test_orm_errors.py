@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from dbwatch.logs.record import Stats
 from dbwatch.logs.scan import scan_file
 from dbwatch.logs.sinks import ExceptionCounter
 from dbwatch.store import Store
-from tests.conftest import PG
+from tests.helpers import PG
 from tests.logs import orm_corpus, ormapp
 
 APP = str(Path(ormapp.__file__))
@@ -32,7 +33,9 @@ _TS = re.compile(r"^\d{4}-\d{2}-\d{2} ")
 
 
 @pytest.fixture(scope="session", params=orm_corpus.DRIVERS)
-def orm_logs(request: pytest.FixtureRequest, pg: PG, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+def orm_logs(
+    request: pytest.FixtureRequest, pg: PG, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, Any]]:
     """The scenarios run once per session and driver; (driver, their logs in every format)."""
     driver: str = request.param
     return driver, orm_corpus.make(tmp_path_factory.mktemp(f"orm-{driver}"), pg.dsn, driver)
